@@ -1,0 +1,40 @@
+"""The real clock and id generator behind the Clock and IdGenerator ports."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class SystemClock:
+    """Wall-clock time in UTC."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        return datetime.now(UTC)
+
+
+class UlidGenerator:
+    """26-character ULIDs, monotonic within one process (ids sort in the order they were made)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._last_random = 0
+
+    def new_id(self) -> str:
+        """A new ULID, greater than every id this generator made before."""
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms <= self._last_ms:
+                ms = self._last_ms
+                rand = self._last_random + 1
+            else:
+                rand = int.from_bytes(os.urandom(10), "big")
+            self._last_ms, self._last_random = ms, rand
+        value = (ms << 80) | (rand & ((1 << 80) - 1))
+        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
