@@ -1,0 +1,531 @@
+"""The worker: the single loop that runs chat and generate jobs on the target, one at a time.
+
+It claims the scheduler's choice from the store, makes the model resident when it believes it
+is not (ADR 0004), sends the request and relays (sync job) or keeps (async job) the answer, and
+turns target failures into retries or failures through the retry policy. A sync job's HTTP
+handler waits on the job's `LiveResponse`, which the worker feeds as the target answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from foreman_core import job as jobs
+from foreman_core.errors import StaleJob, TargetError, TargetRejected
+from foreman_core.job import RUNNING_STATES, Artifact, Job, JobState, normalize_model
+from foreman_core.payloads import load_body, result_artifacts, target_body
+from foreman_core.ports import Clock, InferenceTarget, JobStore, ModelInventory
+from foreman_core.retry import RetryLater, RetryPolicy
+
+JSON = "application/json; charset=utf-8"
+
+CANCELLED_STATUS = 409
+"""What a watched sync job's handler answers when the job is cancelled before its body began."""
+
+SHUTDOWN_STATUS = 503
+"""What a watched sync job's handler answers when foreman stops before its job could finish."""
+
+STOPPED_MESSAGE = "interrupted: foreman stopped while the job ran"
+SHUTTING_DOWN_MESSAGE = "foreman is shutting down"
+CANCELLED_MESSAGE = "job cancelled"
+
+
+def error_body(message: str) -> bytes:
+    """Ollama's error shape, `{"error":"<message>"}`, compact as Ollama writes it."""
+    return json.dumps({"error": message}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    """The target answered 2xx: relay a body with this status and content type."""
+
+    status: int
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFailed:
+    """The job ended before any body byte: answer with exactly this.
+
+    `status` is the target's for `TargetRejected` (with its body and content type unchanged);
+    502 when retries ran out or the failure was final; 409 when the job was cancelled; 503 when
+    foreman stopped; 500 for a fault of foreman's own. Foreman's bodies are `{"error":"…"}`.
+    """
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class LiveResponse:
+    """One sync job's response, handed from the worker to the HTTP handler that waits for it."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._outcome: ResponseStarted | ResponseFailed | None = None
+        self._decided = asyncio.Event()
+        # Unbounded on purpose: a slow client must never hold the GPU; responses are text.
+        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._ended = False
+        self._abandoned = False
+
+    @property
+    def started(self) -> bool:
+        """True once the body began: a failure from now on can only end the stream."""
+        return isinstance(self._outcome, ResponseStarted)
+
+    @property
+    def finished(self) -> bool:
+        """True once the last byte (or the failure) has been handed over."""
+        return self._ended
+
+    async def start(self) -> ResponseStarted | ResponseFailed:
+        """Wait until the target has answered (headers) or the job ended without a body."""
+        await self._decided.wait()
+        assert self._outcome is not None
+        return self._outcome
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as the target sends it, each chunk the moment it arrives.
+
+        Empty unless `start()` gave `ResponseStarted`. A failure after the first byte ends the
+        body with one line `{"error":"…"}\\n`, as Ollama does.
+        """
+        await self._decided.wait()
+        if not self.started:
+            return
+        while True:
+            chunk = await self._chunks.get()
+            if chunk is None:
+                self._chunks.put_nowait(None)  # a second reader sees the end too
+                return
+            yield chunk
+
+    # -- fed by the worker -----------------------------------------------------------------
+
+    def _begin(self, started: ResponseStarted) -> None:
+        if self._decided.is_set():
+            return
+        self._outcome = started
+        self._decided.set()
+
+    def _send(self, chunk: bytes) -> None:
+        if not self._abandoned and not self._ended:
+            self._chunks.put_nowait(chunk)
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._chunks.put_nowait(None)
+
+    def _refuse(self, failed: ResponseFailed) -> None:
+        """End before the body with `failed`; ignored once the body began or ended."""
+        if self._decided.is_set():
+            return
+        self._outcome = failed
+        self._ended = True
+        self._decided.set()
+
+    def _abort(self, status: int, message: str) -> None:
+        """End with foreman's error: a JSON error before the body, an error line after it."""
+        if self._ended:
+            return
+        if self.started:
+            self._send(error_body(message) + b"\n")
+            self._end()
+        else:
+            self._refuse(ResponseFailed(status, error_body(message), JSON))
+
+    def _abandon(self) -> None:
+        self._abandoned = True
+        while not self._chunks.empty():
+            self._chunks.get_nowait()
+
+
+class _Abort(StrEnum):
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(slots=True)
+class _Run:
+    """The job in flight: the worker's latest copy of it, its waiting client, its task."""
+
+    job: Job
+    live: LiveResponse | None
+    started_at: datetime
+    task: asyncio.Task[None] | None = None
+    abort_reason: _Abort | None = None
+
+    def abort(self, reason: _Abort) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        if self.task is not None:
+            self.task.cancel()
+
+    async def ended(self, timeout: float | None = None) -> bool:
+        assert self.task is not None
+        done, _ = await asyncio.wait({self.task}, timeout=timeout)
+        return bool(done)
+
+
+class Worker:
+    """Runs queued chat/generate jobs one at a time: at most one request in flight at the target.
+
+    The handler of a sync request calls `watch()` before it adds the job and `forget()` when it
+    is done; `cancel()` serves both DELETE /jobs/{id} and a client that went away.
+    """
+
+    RECENT_DURATIONS = 20
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        target: InferenceTarget,
+        inventory: ModelInventory,
+        clock: Clock,
+        policy: RetryPolicy,
+        max_wait: timedelta,
+        logger: logging.Logger | None = None,
+        idle_recheck: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._target = target
+        self._inventory = inventory
+        self._clock = clock
+        self._policy = policy
+        self._max_wait = max_wait
+        self._log = logger or logging.getLogger("foreman.worker")
+        # A safety net only: every change that matters calls wake(), and backoffs are timed.
+        self._idle_recheck = idle_recheck
+        self._live: dict[str, LiveResponse] = {}
+        self._wakeup = asyncio.Event()
+        self._running: _Run | None = None
+        self._recent: str | None = None
+        self._durations: deque[float] = deque(maxlen=self.RECENT_DURATIONS)
+        self._stopping = False
+        self._looping = False
+        self._loop_exited = asyncio.Event()
+
+    # -- the handlers' side ----------------------------------------------------------------
+
+    def watch(self, job_id: str) -> LiveResponse:
+        """The response of the sync job `job_id`; call it before the job is added to the store."""
+        live = LiveResponse(job_id)
+        self._live[job_id] = live
+        return live
+
+    def forget(self, job_id: str) -> None:
+        """The handler is done with the job's response (it finished, or its client left)."""
+        live = self._live.pop(job_id, None)
+        if live is not None:
+            live._abandon()
+
+    def wake(self) -> None:
+        """Work arrived: look for a job to dispatch now."""
+        self._wakeup.set()
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel the job: a queued one never runs, a running one's target request is aborted.
+
+        Returns the cancelled job once its request (if any) has left the target. Raises
+        `InvalidTransition` when the job has finished and `JobNotFound` when there is none.
+        """
+        while True:
+            job = self._store.get(job_id)
+            try:
+                cancelled = self._store.save(
+                    jobs.cancel(job, self._clock.now()), expected=job.state
+                )
+                break
+            except StaleJob:
+                continue  # the worker moved it meanwhile: look again
+        run = self._running
+        if job.state in RUNNING_STATES and run is not None and run.job.id == job_id:
+            run.abort(_Abort.CANCELLED)
+            await run.ended()
+        live = self._live.get(job_id)
+        if live is not None:
+            live._abort(CANCELLED_STATUS, CANCELLED_MESSAGE)
+        return cancelled
+
+    @property
+    def running_job_id(self) -> str | None:
+        """The job being dispatched now, if any."""
+        return self._running.job.id if self._running is not None else None
+
+    @property
+    def resident(self) -> list[str]:
+        """Residencies believed loaded, most recently used first.
+
+        The one this worker used last, then the inventory's loaded models. A bare model name
+        from /api/ps is left out when the worker loaded that model with other load options:
+        Ollama keeps one instance per model, so that instance is the worker's.
+        """
+        names: list[str] = []
+        loaded_model = None
+        if self._recent is not None:
+            names.append(self._recent)
+            loaded_model = self._recent.split("|", 1)[0]
+        for name in self._inventory.resident():
+            model = normalize_model(name)
+            if model not in names and model != loaded_model:
+                names.append(model)
+        return names
+
+    def estimated_wait(self, queued: int) -> float:
+        """Seconds until `queued` more jobs have run (for Retry-After), at least 1."""
+        mean = sum(self._durations) / len(self._durations) if self._durations else 1.0
+        return max(1.0, queued * mean)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Dispatch jobs until `stop()`; no failure of a job or of the store ends the loop."""
+        self._looping = True
+        self._loop_exited.clear()
+        try:
+            self._recover()
+            while not self._stopping:
+                try:
+                    dispatched = await self._dispatch_next()
+                except Exception:
+                    self._log.exception("worker: dispatching failed; trying again shortly")
+                    dispatched = False
+                if not dispatched and not self._stopping:
+                    await self._idle()
+                await asyncio.sleep(0)  # let handlers in between two jobs
+        finally:
+            self._looping = False
+            self._loop_exited.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give the running job `grace` seconds, then abort it; wait for `run()`.
+
+        An aborted async job goes back to the queue and an aborted sync job fails; queued sync
+        jobs whose clients still wait are cancelled, and their handlers get 503.
+        """
+        self._stopping = True
+        self._wakeup.set()
+        run = self._running
+        if run is not None and run.task is not None and not await run.ended(max(grace, 0.0)):
+            run.abort(_Abort.SHUTDOWN)
+            await run.ended()
+        if self._looping:
+            await self._loop_exited.wait()
+        self._release_waiting_clients()
+
+    def _recover(self) -> None:
+        try:
+            recovered = self._store.recover_interrupted(self._clock.now())
+        except Exception:
+            self._log.exception("worker: recovering interrupted jobs failed")
+            return
+        for job in recovered:
+            self._log.warning("job %s: interrupted by a restart, now %s", job.id, job.state)
+
+    async def _idle(self) -> None:
+        timeout = self._idle_recheck
+        try:
+            now = self._clock.now()
+            backoff_ends = self._store.next_not_before(now)
+            if backoff_ends is not None:
+                timeout = min(timeout, max((backoff_ends - now).total_seconds(), 0.0))
+        except Exception:
+            self._log.exception("worker: reading the next backoff failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _dispatch_next(self) -> bool:
+        """Claim and run one job; False when none is eligible."""
+        self._wakeup.clear()  # before claiming, so a wake() during the job is not lost
+        now = self._clock.now()
+        job = self._store.claim_next(resident=self.resident, now=now, max_wait=self._max_wait)
+        if job is None:
+            return False
+        live = self._live.get(job.id) if job.sync else None
+        if job.sync and live is None:
+            # Nobody waits for the bytes (client gone, or queued before a restart): skip it.
+            self._save(jobs.cancel(job, now), expected=job.state)
+            self._log.info("job %s: sync job without a waiting client, cancelled", job.id)
+            return True
+        run = _Run(job=job, live=live, started_at=now)
+        run.task = asyncio.create_task(self._attempt(run), name=f"foreman-job-{job.id}")
+        self._running = run
+        try:
+            await self._await_run(run)
+        finally:
+            self._running = None
+        return True
+
+    async def _await_run(self, run: _Run) -> None:
+        try:
+            await run.ended()
+        except asyncio.CancelledError:
+            # run() itself was cancelled instead of stopped: still leave the job in order.
+            run.abort(_Abort.SHUTDOWN)
+            await run.ended()
+            self._settle(run)
+            raise
+        self._settle(run)
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _attempt(self, run: _Run) -> None:
+        """Load if needed, then run the request; every outcome but cancellation is handled here."""
+        try:
+            if run.job.state == JobState.LOADING:
+                await self._load(run.job)
+                working = self._save(
+                    jobs.mark_working(run.job, self._clock.now()), expected=JobState.LOADING
+                )
+                if working is None:
+                    return
+                run.job = working
+            if run.job.sync:
+                await self._relay(run)
+            else:
+                await self._collect(run)
+        except TargetError as error:
+            self._after_target_error(run, error)
+        except Exception as error:
+            self._log.exception("job %s: unexpected error", run.job.id)
+            self._give_up(run, str(error) or type(error).__name__, status=500)
+
+    async def _load(self, job: Job) -> None:
+        async with self._target.open(jobs.CHAT, load_body(job)) as response:
+            async for _ in response.chunks():
+                pass
+        self._recent = job.residency
+
+    async def _relay(self, run: _Run) -> None:
+        live = run.live
+        assert live is not None
+        async with self._target.open(run.job.kind, target_body(run.job)) as response:
+            self._recent = run.job.residency
+            live._begin(ResponseStarted(response.status, response.content_type))
+            async for chunk in response.chunks():
+                live._send(chunk)
+        # Sync jobs keep bookkeeping only: the client already has the bytes.
+        self._finish(run, result=None)
+        live._end()
+
+    async def _collect(self, run: _Run) -> None:
+        async with self._target.open(run.job.kind, target_body(run.job)) as response:
+            self._recent = run.job.residency
+            body = b"".join([chunk async for chunk in response.chunks()])
+        artifacts = result_artifacts(run.job.kind, json.loads(body))
+        self._finish(run, result=body, artifacts=artifacts)
+
+    def _finish(self, run: _Run, result: bytes | None, artifacts: Sequence[Artifact] = ()) -> None:
+        now = self._clock.now()
+        done = self._save(
+            jobs.complete(run.job, now, result), expected=run.job.state, artifacts=artifacts
+        )
+        if done is not None:
+            self._durations.append((now - run.started_at).total_seconds())
+
+    def _after_target_error(self, run: _Run, error: TargetError) -> None:
+        if run.live is not None and run.live.started:
+            self._give_up(run, str(error) or type(error).__name__, status=502)
+            return
+        now = self._clock.now()
+        decision = self._policy.decide(run.job, error, now)
+        if isinstance(decision, RetryLater):
+            requeued = jobs.requeue(
+                run.job, now, not_before=decision.not_before, error=decision.error
+            )
+            if self._save(requeued, expected=run.job.state) is not None:
+                self._log.info(
+                    "job %s: attempt %d failed (%s); retrying at %s",
+                    run.job.id,
+                    run.job.attempts,
+                    decision.error,
+                    decision.not_before.isoformat(),
+                )
+            return
+        self._log.warning("job %s: failed: %s", run.job.id, decision.error)
+        self._save(jobs.fail(run.job, now, decision.error), expected=run.job.state)
+        if run.live is None:
+            return
+        if isinstance(error, TargetRejected):
+            run.live._refuse(ResponseFailed(error.status, error.body, error.content_type))
+        else:
+            run.live._abort(502, decision.error)
+
+    def _give_up(self, run: _Run, message: str, *, status: int) -> None:
+        try:
+            self._save(jobs.fail(run.job, self._clock.now(), message), expected=run.job.state)
+        except Exception:
+            self._log.exception("job %s: could not record its failure", run.job.id)
+        if run.live is not None:
+            run.live._abort(status, message)
+
+    def _settle(self, run: _Run) -> None:
+        """After the job's task: put an aborted job in order and release its client."""
+        task = run.task
+        assert task is not None
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("job %s: task died", run.job.id, exc_info=task.exception())
+        if run.abort_reason == _Abort.CANCELLED:
+            if run.live is not None:
+                run.live._abort(CANCELLED_STATUS, CANCELLED_MESSAGE)
+        elif task.cancelled() or run.abort_reason == _Abort.SHUTDOWN:
+            self._interrupt(run)
+        if run.live is not None and not run.live.finished and not self._is_queued(run.job.id):
+            run.live._abort(500, "the job ended without a response")
+
+    def _interrupt(self, run: _Run) -> None:
+        """Foreman stops: an async job goes back to the queue, a sync job fails."""
+        try:
+            current = self._store.get(run.job.id)
+            if current.state in RUNNING_STATES:
+                now = self._clock.now()
+                ended = (
+                    jobs.fail(current, now, STOPPED_MESSAGE)
+                    if current.sync
+                    else jobs.requeue(current, now, not_before=now, error=STOPPED_MESSAGE)
+                )
+                self._save(ended, expected=current.state)
+        except Exception:
+            self._log.exception("job %s: could not record its interruption", run.job.id)
+        if run.live is not None:
+            run.live._abort(SHUTDOWN_STATUS, STOPPED_MESSAGE)
+
+    def _release_waiting_clients(self) -> None:
+        """At stop: the queued sync jobs' clients get 503 and their jobs are cancelled."""
+        for job_id, live in list(self._live.items()):
+            if live.finished:
+                continue
+            try:
+                job = self._store.get(job_id)
+                if job.state == JobState.QUEUED:
+                    self._save(jobs.cancel(job, self._clock.now()), expected=JobState.QUEUED)
+            except Exception:
+                self._log.exception("job %s: could not cancel it at shutdown", job_id)
+            live._abort(SHUTDOWN_STATUS, SHUTTING_DOWN_MESSAGE)
+
+    def _is_queued(self, job_id: str) -> bool:
+        try:
+            return self._store.get(job_id).state == JobState.QUEUED
+        except Exception:
+            return False
+
+    def _save(
+        self, job: Job, *, expected: JobState, artifacts: Sequence[Artifact] = ()
+    ) -> Job | None:
+        """Store a transition; None when the job moved on meanwhile (cancelled), which wins."""
+        try:
+            return self._store.save(job, expected=expected, artifacts=artifacts)
+        except StaleJob as stale:
+            self._log.info("job %s: now %s; the worker leaves it", job.id, stale.actual)
+            return None
