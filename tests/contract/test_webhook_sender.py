@@ -1,0 +1,348 @@
+"""HttpWebhookSender against a real HTTP receiver on 127.0.0.1, and the host policy."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy, WebhookUrlRefused
+from foreman_core.signing import verify_signature
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+EVENT_ID = "01JQ7ZK8E6W3V5N4M2P1R0S9TA"
+BODY = json.dumps({"type": "job.state_changed", "event_id": EVENT_ID, "state": "queued"}).encode()
+
+
+class FakeClock:
+    """Real time at the start, then moved only by the test."""
+
+    def __init__(self) -> None:
+        self.current = datetime.now(UTC).replace(microsecond=0)
+
+    def now(self) -> datetime:
+        """The fake now."""
+        return self.current
+
+
+@dataclass
+class Request:
+    """What the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver whose answer depends on the request path."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.requests: list[Request] = []
+        self.answers = dict(ANSWERS)
+        self.release = threading.Event()
+
+    def url(self, path: str) -> str:
+        """An absolute URL of this receiver."""
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class ReceiverHandler(BaseHTTPRequestHandler):
+    """Records each POST and answers as its path says."""
+
+    server: Receiver
+
+    def do_POST(self) -> None:
+        """Answer a webhook."""
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.requests.append(Request(self.path, dict(self.headers.items()), body))
+        if self.path == "/hang":
+            self.server.release.wait(timeout=10)
+        status, headers = self.server.answers.get(self.path, (204, {}))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output quiet."""
+
+
+ANSWERS: dict[str, tuple[int, dict[str, str]]] = {
+    "/ok": (200, {}),
+    "/accepted": (202, {}),
+    "/fail": (500, {}),
+    "/busy": (503, {"Retry-After": "7"}),
+    "/bad-retry-after": (503, {"Retry-After": "soon"}),
+    "/redirect": (307, {"Location": "/ok"}),
+    "/moved": (301, {"Location": "/ok"}),
+}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A receiver serving in a thread for the test's duration."""
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client that ignores proxy settings of the environment."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock near real time, so the Standard Webhooks library accepts its timestamps."""
+    return FakeClock()
+
+
+async def test_a_signed_delivery_verifies_with_standard_webhooks_and_with_foreman(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    sender = HttpWebhookSender(http, SECRET, clock)
+
+    result = await sender.send(receiver.url("/ok"), EVENT_ID, BODY)
+
+    assert (result.ok, result.status) == (True, 200)
+    [request] = receiver.requests
+    assert request.body == BODY
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == "foreman-webhooks"
+    assert headers["webhook-id"] == EVENT_ID
+    assert headers["webhook-timestamp"] == str(int(clock.now().timestamp()))
+    assert Webhook(SECRET).verify(request.body, request.headers) == json.loads(BODY)
+    assert verify_signature(SECRET, request.headers, request.body)
+    foreman_only = {"X-Foreman-Signature": headers["x-foreman-signature"]}
+    assert verify_signature(SECRET, foreman_only, request.body)
+
+
+async def test_each_attempt_is_signed_afresh_under_the_same_webhook_id(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    sender = HttpWebhookSender(http, "plain secret", clock)
+
+    await sender.send(receiver.url("/fail"), EVENT_ID, BODY)
+    clock.current += timedelta(seconds=2)
+    await sender.send(receiver.url("/ok"), EVENT_ID, BODY)
+
+    first, second = (r.headers for r in receiver.requests)
+    assert first["webhook-id"] == second["webhook-id"] == EVENT_ID
+    assert int(second["webhook-timestamp"]) == int(first["webhook-timestamp"]) + 2
+    assert first["webhook-signature"] != second["webhook-signature"]
+    library = Webhook(base64.b64encode(b"plain secret").decode())
+    for request in receiver.requests:
+        library.verify(request.body, request.headers, json_parse=False)
+
+
+async def test_without_a_secret_nothing_is_signed(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    result = await HttpWebhookSender(http, None, clock).send(receiver.url("/ok"), EVENT_ID, BODY)
+
+    assert result.ok
+    names = {name.lower() for name in receiver.requests[0].headers}
+    assert names.isdisjoint({"x-foreman-signature", "webhook-id", "webhook-signature"})
+
+
+async def test_any_2xx_is_a_delivery(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    result = await HttpWebhookSender(http, None, clock).send(
+        receiver.url("/accepted"), EVENT_ID, BODY
+    )
+
+    assert (result.ok, result.status, result.error) == (True, 202, None)
+
+
+@pytest.mark.parametrize("path", ["/redirect", "/moved"])
+async def test_a_redirect_is_a_failure_and_is_not_followed(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock, path: str
+) -> None:
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=True) as following_client:
+        sender = HttpWebhookSender(following_client, SECRET, clock)
+        result = await sender.send(receiver.url(path), EVENT_ID, BODY)
+
+    assert not result.ok
+    assert result.status == ANSWERS[path][0]
+    assert "redirects are not followed" in (result.error or "")
+    assert [r.path for r in receiver.requests] == [path]
+
+
+async def test_a_server_error_is_a_failure(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    result = await HttpWebhookSender(http, SECRET, clock).send(
+        receiver.url("/fail"), EVENT_ID, BODY
+    )
+
+    assert (result.ok, result.status, result.retry_after) == (False, 500, None)
+    assert result.error == "receiver answered 500"
+
+
+async def test_retry_after_in_seconds_is_parsed(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    result = await HttpWebhookSender(http, SECRET, clock).send(
+        receiver.url("/busy"), EVENT_ID, BODY
+    )
+
+    assert (result.ok, result.status, result.retry_after) == (False, 503, 7.0)
+
+
+async def test_retry_after_as_an_http_date_is_parsed_against_the_clock(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    in_two_minutes = format_datetime(clock.now() + timedelta(minutes=2), usegmt=True)
+    receiver.answers["/busy-until"] = (429, {"Retry-After": in_two_minutes})
+
+    result = await HttpWebhookSender(http, SECRET, clock).send(
+        receiver.url("/busy-until"), EVENT_ID, BODY
+    )
+
+    assert (result.ok, result.status, result.retry_after) == (False, 429, 120.0)
+
+
+async def test_an_unparseable_retry_after_is_ignored(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    result = await HttpWebhookSender(http, SECRET, clock).send(
+        receiver.url("/bad-retry-after"), EVENT_ID, BODY
+    )
+
+    assert (result.ok, result.status, result.retry_after) == (False, 503, None)
+
+
+async def test_a_refused_connection_is_a_failure_not_an_exception(
+    http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+
+    result = await HttpWebhookSender(http, SECRET, clock).send(
+        f"http://127.0.0.1:{closed_port}/hook", EVENT_ID, BODY
+    )
+
+    assert (result.ok, result.status) == (False, None)
+    assert (result.error or "").startswith("could not reach receiver")
+
+
+async def test_a_receiver_that_never_answers_times_out(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    sender = HttpWebhookSender(http, SECRET, clock, timeout=0.2)
+
+    result = await sender.send(receiver.url("/hang"), EVENT_ID, BODY)
+
+    assert (result.ok, result.status) == (False, None)
+    assert "timed out" in (result.error or "")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://127.0.0.1/hook", "must use http or https"),
+        ("not a url", "must use http or https"),
+        ("http:///no-host", "has no host"),
+        ("http://127.0.0.1:99999/hook", "is malformed"),
+        ("http://[::1/hook", "is malformed"),
+    ],
+)
+async def test_a_bad_url_is_a_failure_even_without_a_policy(
+    http: httpx.AsyncClient, clock: FakeClock, url: str, reason: str
+) -> None:
+    result = await HttpWebhookSender(http, SECRET, clock).send(url, EVENT_ID, BODY)
+
+    assert (result.ok, result.status) == (False, None)
+    assert reason in (result.error or "")
+
+
+async def test_the_sender_delivers_to_an_allowed_network(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    sender = HttpWebhookSender(http, SECRET, clock, WebhookHostPolicy("127.0.0.0/8"))
+
+    result = await sender.send(receiver.url("/ok"), EVENT_ID, BODY)
+
+    assert result.ok
+
+
+async def test_the_sender_refuses_a_host_the_policy_does_not_allow(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    sender = HttpWebhookSender(http, SECRET, clock, WebhookHostPolicy("hooks.example.com"))
+
+    result = await sender.send(receiver.url("/ok"), EVENT_ID, BODY)
+
+    assert not result.ok
+    assert "FOREMAN_WEBHOOK_ALLOWED_HOSTS" in (result.error or "")
+    assert receiver.requests == []
+
+
+@pytest.mark.parametrize(
+    ("allowed", "url"),
+    [
+        (None, "http://10.0.0.1/hook"),
+        ("", "https://hooks.example.com/hook"),
+        ("127.0.0.0/8", "http://127.0.0.1:9000/hook"),
+        ("127.0.0.0/8", "http://[::ffff:127.0.0.1]/hook"),
+        ("::1", "http://[::1]:8000/hook"),
+        ("Hooks.Example.com", "https://hooks.example.com./hook"),
+        ("10.1.2.3, hooks.example.com", "https://HOOKS.example.com/hook"),
+        ("127.0.0.0/8, ::1", "http://localhost:9000/hook"),
+    ],
+)
+async def test_the_policy_allows(allowed: str | None, url: str) -> None:
+    await WebhookHostPolicy(allowed).check(url)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "url", "reason"),
+    [
+        ("127.0.0.0/8", "http://10.0.0.1/hook", "resolves to 10.0.0.1"),
+        ("127.0.0.0/8", "http://169.254.169.254/latest", "resolves to 169.254.169.254"),
+        ("::1", "http://127.0.0.1/hook", "resolves to 127.0.0.1"),
+        ("hooks.example.com", "http://127.0.0.1/hook", "is not listed"),
+        ("hooks.example.com", "https://other.example.com/hook", "is not listed"),
+        ("hooks.example.com", "https://hooks.example.com.evil.test/hook", "is not listed"),
+        (None, "ftp://hooks.example.com/hook", "must use http or https"),
+        (None, "file:///etc/passwd", "must use http or https"),
+        (None, "http://", "has no host"),
+        (None, "http://127.0.0.1:99999/hook", "is malformed"),
+    ],
+)
+async def test_the_policy_refuses(allowed: str | None, url: str, reason: str) -> None:
+    with pytest.raises(WebhookUrlRefused, match=reason):
+        await WebhookHostPolicy(allowed).check(url)
+
+
+def test_a_refused_url_is_a_value_error() -> None:
+    assert issubclass(WebhookUrlRefused, ValueError)
