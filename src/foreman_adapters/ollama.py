@@ -1,0 +1,240 @@
+"""`OllamaTarget`: the InferenceTarget port over httpx, plus raw relaying for proxied routes.
+
+Failures become the core's errors (`foreman_core.errors`):
+- nothing came back — connect refused or timed out, reset or read timeout before the response
+  head, the server closing without answering — `TargetUnreachable`;
+- 503 or 429 — `TargetBusy` (with `Retry-After` seconds when given);
+- any other non-2xx — `TargetRejected`, keeping status, body and content type;
+- a transport failure after the response began — `TargetBrokeStream`.
+
+Transport failures are httpx's `TransportError`s; an `OSError` is treated the same, since
+`httpx.ASGITransport` lets an in-process app's connection errors through unwrapped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from foreman_core.errors import (
+    TargetBrokeStream,
+    TargetBusy,
+    TargetRejected,
+    TargetUnreachable,
+)
+
+KIND_PATHS = {"chat": "/api/chat", "generate": "/api/generate"}
+BUSY_STATUSES = frozenset({429, 503})
+_TRANSPORT_ERRORS = (httpx.TransportError, OSError)
+
+
+def ollama_http_client(base_url: str, **kwargs: Any) -> httpx.AsyncClient:
+    """An httpx client for an Ollama target: pooled, 5 s to connect, no read timeout (a model
+    may think for minutes before its first token). `kwargs` override any of these."""
+    settings: dict[str, Any] = {
+        "base_url": base_url,
+        "timeout": httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None),
+        "limits": httpx.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0
+        ),
+        "follow_redirects": False,
+        **kwargs,
+    }
+    return httpx.AsyncClient(**settings)
+
+
+@dataclass(slots=True)
+class StreamedResponse:
+    """A 2xx response of the target, being received (the `TargetResponse` port)."""
+
+    status: int
+    content_type: str
+    response: httpx.Response
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive; raises `TargetBrokeStream` if the transfer fails."""
+        return _raw_chunks(self.response)
+
+
+@dataclass(slots=True)
+class RawResponse:
+    """Any response of the target, relayed as it is."""
+
+    status: int
+    content_type: str | None
+    headers: httpx.Headers
+    response: httpx.Response
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive; raises `TargetBrokeStream` if the transfer fails."""
+        return _raw_chunks(self.response)
+
+
+async def _raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """Undecoded body bytes, each chunk as soon as it arrives."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except _TRANSPORT_ERRORS as exc:
+        raise TargetBrokeStream(f"the target's response broke off: {_describe(exc)}") from exc
+
+
+class OllamaTarget:
+    """One Ollama host, reached through an injected `httpx.AsyncClient` whose base_url is it.
+
+    Requests carry only what Ollama needs: the target's own Host, `Content-Type:
+    application/json` with a body, `Authorization: Bearer <token>` when a token is set, and
+    `Accept-Encoding: identity` so relayed bytes are the bytes Ollama wrote.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, token: str | None = None) -> None:
+        self._http = http
+        self._token = token
+
+    @asynccontextmanager
+    async def open(self, kind: str, body: bytes) -> AsyncIterator[StreamedResponse]:
+        """POST a chat or generate request and receive its 2xx response (InferenceTarget port).
+
+        Entering raises `TargetUnreachable`, `TargetBusy` or `TargetRejected`; leaving the
+        block early closes the response, which aborts the request at the target.
+        """
+        path = KIND_PATHS.get(kind)
+        if path is None:
+            raise ValueError(f"unknown request kind {kind!r}; expected one of {sorted(KIND_PATHS)}")
+        response = await self._send("POST", path, body)
+        try:
+            if not response.is_success:
+                raise await _http_error(response)
+            content_type = response.headers.get("content-type", "application/json")
+            yield StreamedResponse(response.status_code, content_type, response)
+        finally:
+            await response.aclose()
+
+    @asynccontextmanager
+    async def relay(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> AsyncIterator[RawResponse]:
+        """Send any request and hand back the response whatever its status, body unread.
+
+        Raises `TargetUnreachable` if no response came back.
+        """
+        response = await self._send(method, path, body)
+        try:
+            yield RawResponse(
+                response.status_code,
+                response.headers.get("content-type"),
+                response.headers,
+                response,
+            )
+        finally:
+            await response.aclose()
+
+    async def get_json(self, path: str) -> Any:
+        """GET `path` and parse its JSON; non-2xx raises as `open` does."""
+        return await self._json("GET", path, None)
+
+    async def post_json(self, path: str, payload: Any) -> Any:
+        """POST `payload` as JSON to `path` and parse the JSON answer."""
+        return await self._json("POST", path, json.dumps(payload).encode())
+
+    async def version(self) -> dict[str, Any]:
+        """GET /api/version: `{"version": "0.x.y"}`."""
+        return await self.get_json("/api/version")
+
+    async def tags(self) -> dict[str, Any]:
+        """GET /api/tags: the installed models."""
+        return await self.get_json("/api/tags")
+
+    async def ps(self) -> dict[str, Any]:
+        """GET /api/ps: the loaded models."""
+        return await self.get_json("/api/ps")
+
+    async def warm(self, model: str) -> None:
+        """Load an embedding model and keep it loaded for good.
+
+        An /api/embed with empty input loads the model and answers `{"embeddings": []}`; it works
+        for embedding-only models, which refuse /api/generate.
+        """
+        await self.post_json("/api/embed", {"model": model, "input": "", "keep_alive": -1})
+
+    async def _json(self, method: str, path: str, body: bytes | None) -> Any:
+        response = await self._send(method, path, body)
+        try:
+            content = await _read_all(response)
+        finally:
+            await response.aclose()
+        if not response.is_success:
+            raise _classify(response, content)
+        try:
+            return json.loads(content)
+        except ValueError:
+            content_type = response.headers.get("content-type", "")
+            raise TargetRejected(response.status_code, content, content_type) from None
+
+    async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
+        """Send a request and return the response with its body unread."""
+        request = self._http.build_request(method, path, content=body)
+        _set_own_headers(request, self._token, has_body=body is not None)
+        try:
+            return await self._http.send(request, stream=True)
+        except _TRANSPORT_ERRORS as exc:
+            raise TargetUnreachable(
+                f"target {request.url.host} unreachable: {_describe(exc)}"
+            ) from exc
+
+
+def _set_own_headers(request: httpx.Request, token: str | None, *, has_body: bool) -> None:
+    """Pin the headers foreman controls, whatever the client was built with."""
+    request.headers["Host"] = request.url.netloc.decode("ascii")
+    request.headers["Accept-Encoding"] = "identity"
+    if has_body:
+        request.headers["Content-Type"] = "application/json"
+    else:
+        request.headers.pop("Content-Type", None)
+    if token:
+        request.headers["Authorization"] = f"Bearer {token}"
+    else:
+        request.headers.pop("Authorization", None)
+
+
+async def _read_all(response: httpx.Response) -> bytes:
+    """The whole body; a failure after the head is a broken stream."""
+    try:
+        return await response.aread()
+    except _TRANSPORT_ERRORS as exc:
+        raise TargetBrokeStream(f"the target's response broke off: {_describe(exc)}") from exc
+
+
+async def _http_error(response: httpx.Response) -> TargetBusy | TargetRejected:
+    """The error for a non-2xx response, its body read."""
+    return _classify(response, await _read_all(response))
+
+
+def _classify(response: httpx.Response, body: bytes) -> TargetBusy | TargetRejected:
+    if response.status_code in BUSY_STATUSES:
+        return TargetBusy(response.status_code, body, _retry_after(response.headers))
+    content_type = response.headers.get("content-type", "application/json")
+    return TargetRejected(response.status_code, body, content_type)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """`Retry-After` in seconds; the HTTP-date form is rare from Ollama and ignored."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's class and message, never empty (httpx errors often have no message)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
