@@ -1,6 +1,8 @@
 """The ports: what the core needs from the world, as Protocols the adapters implement.
 
 Every implementation of a port must pass the contract suite for it in `tests/contract/`.
+The ports are runtime-checkable because Litestar validates the dependencies a handler declares
+(`store: JobStore`) with `isinstance`, which a plain Protocol refuses.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from foreman_core.job import Artifact, Job, JobState, StateChange
 
 
+@runtime_checkable
 class Clock(Protocol):
     """Tells the time."""
 
@@ -22,6 +25,7 @@ class Clock(Protocol):
         ...
 
 
+@runtime_checkable
 class IdGenerator(Protocol):
     """Makes job and event ids."""
 
@@ -61,6 +65,7 @@ class QueueSummary:
         return sum(group.count for group in self.queued)
 
 
+@runtime_checkable
 class JobStore(Protocol):
     """The durable queue: jobs, their artifacts, and (with WebhookOutbox) their webhook events.
 
@@ -172,6 +177,7 @@ class PendingDelivery:
     next_attempt_at: datetime
 
 
+@runtime_checkable
 class WebhookOutbox(Protocol):
     """Webhook events recorded with the transitions that caused them, until they are delivered.
 
@@ -198,6 +204,7 @@ class WebhookOutbox(Protocol):
         ...
 
 
+@runtime_checkable
 class TargetResponse(Protocol):
     """A successful (2xx) response of the inference target, being received."""
 
@@ -209,6 +216,7 @@ class TargetResponse(Protocol):
         ...
 
 
+@runtime_checkable
 class InferenceTarget(Protocol):
     """The Ollama host that runs chat and generate requests."""
 
@@ -221,6 +229,7 @@ class InferenceTarget(Protocol):
         ...
 
 
+@runtime_checkable
 class ModelInventory(Protocol):
     """Which models the target has installed and has loaded, kept fresh by polling."""
 
@@ -252,6 +261,7 @@ class DeliveryResult:
     error: str | None = None
 
 
+@runtime_checkable
 class WebhookSender(Protocol):
     """Sends one signed webhook request."""
 

@@ -1,0 +1,86 @@
+"""The composition root: the one place that decides which implementation serves which port.
+
+Building the container does no I/O; each provider makes its object on first use. Resources that
+need closing (the HTTP clients, the store) are closed by the app's lifespan, which also runs the
+long-lived tasks (inventory poller, worker, webhook dispatcher). Tests override single providers,
+e.g. `container.ollama_http.override(providers.Object(client_over_asgi_transport))`.
+"""
+
+from __future__ import annotations
+
+import httpx
+from dependency_injector import containers, providers
+
+from foreman_adapters.inventory import PollingModelInventory
+from foreman_adapters.ollama import OllamaTarget, ollama_http_client
+from foreman_adapters.sqlite_store import SqliteJobStore
+from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy
+from foreman_app.config import Settings
+from foreman_core.clock import SystemClock, UlidGenerator
+from foreman_core.retry import RetryPolicy
+from foreman_core.webhooks import WebhookDispatcher
+from foreman_core.worker import Worker
+
+
+def _allowed_hosts(settings: Settings) -> str | None:
+    """FOREMAN_WEBHOOK_ALLOWED_HOSTS in the comma-separated form WebhookHostPolicy reads."""
+    hosts = settings.webhook_allowed_hosts
+    return ",".join(hosts) if hosts else None
+
+
+class Container(containers.DeclarativeContainer):
+    """Every long-lived object of a foreman server, wired from `settings`."""
+
+    settings = providers.Dependency(instance_of=Settings)
+
+    clock = providers.Singleton(SystemClock)
+    ids = providers.Singleton(UlidGenerator)
+    store = providers.Singleton(SqliteJobStore, path=settings.provided.db_path, ids=ids)
+
+    ollama_http = providers.Singleton(ollama_http_client, base_url=settings.provided.ollama_url)
+    target = providers.Singleton(
+        OllamaTarget, http=ollama_http, token=settings.provided.ollama_token
+    )
+    inventory = providers.Singleton(
+        PollingModelInventory,
+        target=target,
+        interval=settings.provided.poll_interval.total_seconds.call(),
+    )
+
+    retry_policy = providers.Singleton(RetryPolicy)
+    worker = providers.Singleton(
+        Worker,
+        store=store,
+        target=target,
+        inventory=inventory,
+        clock=clock,
+        policy=retry_policy,
+        max_wait=settings.provided.max_wait,
+    )
+
+    webhook_http = providers.Singleton(httpx.AsyncClient, follow_redirects=False)
+    webhook_policy = providers.Singleton(
+        WebhookHostPolicy, allowed=providers.Callable(_allowed_hosts, settings)
+    )
+    webhook_sender = providers.Singleton(
+        HttpWebhookSender,
+        http=webhook_http,
+        secret=settings.provided.webhook_secret,
+        clock=clock,
+        policy=webhook_policy,
+    )
+    webhook_dispatcher = providers.Singleton(
+        WebhookDispatcher,
+        outbox=store,
+        store=store,
+        sender=webhook_sender,
+        clock=clock,
+        public_url=settings.provided.public_url,
+    )
+
+
+def build_container(settings: Settings) -> Container:
+    """A container for `settings`; nothing is built until it is first asked for."""
+    container = Container()
+    container.settings.override(providers.Object(settings))
+    return container

@@ -1,0 +1,114 @@
+"""Running foreman: settings from the environment, the app under uvicorn, a clean exit."""
+
+from __future__ import annotations
+
+import logging.config
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import uvicorn
+
+from foreman_app.app import create_app
+from foreman_app.config import ConfigError, Settings
+from foreman_app.container import build_container
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+logger = logging.getLogger("foreman.server")
+
+
+def serve(environ: Mapping[str, str] | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM; the exit status (2: invalid configuration)."""
+    try:
+        settings = Settings.from_env(os.environ if environ is None else environ)
+    except ConfigError as exc:
+        print(f"foreman: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    configure_logging(settings.log_level)
+    container = build_container(settings)
+    try:
+        container.store()  # open the database now: a bad path is one line, not a traceback
+    except Exception as exc:
+        print(f"foreman: cannot open the database {settings.db_path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    logger.info(
+        "foreman: target %s, database %s, auth %s",
+        settings.ollama_url,
+        settings.db_path,
+        "on" if settings.auth_tokens else "off",
+    )
+    return run_uvicorn(create_app(container), settings)
+
+
+def demo() -> int:
+    """Run the server in front of the built-in simulated Ollama (not written yet)."""
+    raise NotImplementedError("foreman demo is not implemented yet")
+
+
+def configure_logging(level: str) -> None:
+    """One stderr handler on the root logger at `level`; uvicorn's loggers propagate to it."""
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": LOG_FORMAT}},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "plain",
+                    "stream": "ext://sys.stderr",
+                }
+            },
+            "root": {"handlers": ["stderr"], "level": level.upper()},
+            # httpx logs every request at INFO: the access log already says enough.
+            "loggers": {
+                name: {"level": "DEBUG" if level == "debug" else "WARNING"}
+                for name in ("httpx", "httpcore")
+            },
+        }
+    )
+
+
+def run_uvicorn(app: object, settings: Settings) -> int:
+    """Serve `app` on the configured address until a signal asks to stop."""
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.listen_host,
+        port=settings.listen_port,
+        log_level=settings.log_level,
+        log_config=None,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace.total_seconds())),
+    )
+    server = uvicorn.Server(config)
+    try:
+        with _signals_end_quietly():
+            server.run()
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    return EXIT_OK if server.started else EXIT_FAILED
+
+
+@contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    """After a graceful shutdown uvicorn re-raises the signal it caught, to reach the handler
+    that was there before it; make that handler a no-op so a stop by signal exits 0."""
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _ignore) for sig in stop_signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A signal that arrives once uvicorn has stopped: nothing left to stop."""

@@ -1,0 +1,601 @@
+"""The app against the simulated Ollama, over ASGI: every route that does not wait in the queue,
+auth, limits, the error shape, and the configuration it is built from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dependency_injector import providers
+from litestar import get
+
+from foreman_adapters.simulator import SimulatedOllama
+from foreman_app.app import create_app
+from foreman_app.config import ConfigError, Settings, parse_duration, parse_size
+from foreman_app.container import Container, build_container
+
+pytestmark = pytest.mark.anyio
+
+JSON_UTF8 = "application/json; charset=utf-8"
+Scope = dict[str, Any]
+ASGIApp = Callable[..., Any]
+
+
+class HeaderRecorder:
+    """An ASGI wrapper around the simulator that remembers the headers of each request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers: dict[str, list[dict[str, str]]] = {}
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            self.headers.setdefault(scope["path"], []).append(headers)
+        await self.app(scope, receive, send)
+
+
+class EmbedGate:
+    """Holds /api/embed requests at the target until `expected` of them are there at once.
+
+    If foreman sent embeddings one at a time, the gate would never open.
+    """
+
+    def __init__(self, app: ASGIApp, expected: int) -> None:
+        self.app = app
+        self.expected = expected
+        self.arrived = 0
+        self.all_in = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/api/embed":
+            self.arrived += 1
+            if self.arrived >= self.expected:
+                self.all_in.set()
+            await self.all_in.wait()
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def sim() -> SimulatedOllama:
+    return SimulatedOllama()
+
+
+@pytest.fixture
+def make_app(sim: SimulatedOllama, tmp_path: Path) -> Callable[..., Any]:
+    """`async with make_app(env, target=asgi_app) as (client, container)`: a started app."""
+
+    @asynccontextmanager
+    async def started(
+        env: dict[str, str] | None = None, target: ASGIApp | None = None, extra_routes: Any = None
+    ) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+        settings = Settings.from_env(
+            {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), **(env or {})}
+        )
+        container = build_container(settings)
+        transport = httpx.ASGITransport(app=target or sim)
+        container.ollama_http.override(
+            providers.Singleton(httpx.AsyncClient, transport=transport, base_url="http://ollama")
+        )
+        app = create_app(container, extra_routes=extra_routes)
+        # httpx over ASGI, in this test's loop: Litestar's httpx.AsyncClient runs the app in a
+        # portal thread and handles one request at a time.
+        async with (
+            app.lifespan(),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://foreman"
+            ) as client,
+        ):
+            yield client, container
+
+    return started
+
+
+@pytest.fixture
+async def client(make_app: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_app() as (test_client, _):
+        yield test_client
+
+
+def error_of(response: httpx.Response) -> str:
+    """The `error` of a foreman error response, checking its shape on the way."""
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"]
+    return body["error"]
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds; TimeoutError after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def model_names(listing: dict[str, Any]) -> list[str]:
+    return [model["name"] for model in listing["models"]]
+
+
+# -- routes served by foreman itself ------------------------------------------------------------
+
+
+async def test_banner_answers_get_and_head_like_ollama(client: httpx.AsyncClient) -> None:
+    got = await client.get("/")
+    assert (got.status_code, got.text) == (200, "Ollama is running")
+    assert got.headers["content-type"] == "text/plain; charset=utf-8"
+    head = await client.head("/")
+    assert (head.status_code, head.content) == (200, b"")
+
+
+async def test_healthz_reports_ok_and_not_degraded(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert response.json()["degraded"] is False
+
+
+async def test_tags_and_ps_come_from_the_inventory_with_models_never_null(
+    client: httpx.AsyncClient, sim: SimulatedOllama
+) -> None:
+    tags = await client.get("/api/tags")
+    assert tags.status_code == 200
+    assert tags.headers["content-type"] == JSON_UTF8
+    assert "llama3.2:latest" in model_names(tags.json())
+    assert tags.json() == json.loads((await _direct(sim, "GET", "/api/tags")).content)
+    ps = await client.get("/api/ps")
+    assert ps.status_code == 200
+    assert ps.json() == {"models": []}
+
+
+async def test_version_is_the_targets(client: httpx.AsyncClient, sim: SimulatedOllama) -> None:
+    response = await client.get("/api/version")
+    assert response.status_code == 200
+    assert response.json() == {"version": sim.version}
+
+
+# -- relayed routes -----------------------------------------------------------------------------
+
+
+async def test_show_relays_the_targets_answer(
+    client: httpx.AsyncClient, sim: SimulatedOllama
+) -> None:
+    body = b'{"model":"llama3.2"}'
+    response = await client.post("/api/show", content=body)
+    direct = await _direct(sim, "POST", "/api/show", body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == direct.headers["content-type"]
+    assert response.content == direct.content
+    assert "model_info" in response.json()
+
+
+async def test_unknown_model_on_show_and_embed_is_the_targets_404(
+    client: httpx.AsyncClient,
+) -> None:
+    show = await client.post("/api/show", content=b'{"model":"nope"}')
+    assert (show.status_code, error_of(show)) == (404, "model 'nope' not found")
+    embed = await client.post("/api/embed", content=b'{"model":"nope","input":"x"}')
+    assert embed.status_code == 404
+    assert error_of(embed) == 'model "nope" not found, try pulling it first'
+
+
+async def test_embed_and_embeddings_relay_vectors_unchanged(
+    client: httpx.AsyncClient, sim: SimulatedOllama
+) -> None:
+    body = b'{"model":"all-minilm","input":["a","b"]}'
+    response = await client.post("/api/embed", content=body)
+    direct = await _direct(sim, "POST", "/api/embed", body)
+    assert response.status_code == 200
+    assert response.json()["model"] == "all-minilm"
+    assert response.json()["embeddings"] == direct.json()["embeddings"]
+    legacy = await client.post("/api/embeddings", content=b'{"model":"all-minilm","prompt":"a"}')
+    assert legacy.status_code == 200
+    assert legacy.json()["embedding"] == direct.json()["embeddings"][0]
+
+
+async def test_a_form_content_type_is_still_read_as_json(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/embed",
+        content=b'{"model":"all-minilm","input":"hello"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert len(response.json()["embeddings"]) == 1
+
+
+async def test_embeddings_reach_the_target_concurrently(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    gate = EmbedGate(sim, expected=4)
+    async with make_app(target=gate) as (client, _):
+        requests = [
+            client.post("/api/embed", content=f'{{"model":"all-minilm","input":"t{i}"}}'.encode())
+            for i in range(4)
+        ]
+        async with asyncio.timeout(10):
+            responses = await asyncio.gather(*requests)
+    assert [r.status_code for r in responses] == [200] * 4
+    assert gate.arrived == 4
+
+
+async def test_pull_streams_progress_and_the_new_model_is_listed_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    assert "phi3:latest" not in model_names((await client.get("/api/tags")).json())
+    response = await client.post("/api/pull", content=b'{"model":"phi3"}')
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-ndjson"
+    lines = response.text.splitlines()
+    assert all(line.strip() for line in lines)
+    assert json.loads(lines[-1]) == {"status": "success"}
+    assert "phi3:latest" in model_names((await client.get("/api/tags")).json())
+
+
+async def test_create_copy_and_delete_change_the_listing(client: httpx.AsyncClient) -> None:
+    created = await client.post(
+        "/api/create", content=b'{"model":"mine","from":"llama3.2","stream":false}'
+    )
+    assert created.status_code == 200
+    assert created.json() == {"status": "success"}
+    copied = await client.post("/api/copy", content=b'{"source":"mine","destination":"yours"}')
+    assert (copied.status_code, copied.content) == (200, b"")
+    names = model_names((await client.get("/api/tags")).json())
+    assert {"mine:latest", "yours:latest"} <= set(names)
+    deleted = await client.request("DELETE", "/api/delete", content=b'{"model":"mine"}')
+    assert deleted.status_code == 200
+    names = model_names((await client.get("/api/tags")).json())
+    assert "mine:latest" not in names
+    assert "yours:latest" in names
+
+
+async def test_push_streams_the_targets_progress(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/push", content=b'{"model":"llama3.2"}')
+    assert response.status_code == 200
+    assert json.loads(response.text.splitlines()[-1]) == {"status": "success"}
+
+
+# -- bad requests and the error shape -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "missing request body"),
+        (b"{}", "model is required"),
+        (b'{"model":""}', "model is required"),
+        (b'{"model":3}', "model must be a string"),
+        (b"[1]", "request body must be a JSON object"),
+    ],
+)
+async def test_bad_bodies_are_400_with_a_clear_message(
+    client: httpx.AsyncClient, body: bytes, message: str
+) -> None:
+    response = await client.post("/api/show", content=body)
+    assert (response.status_code, error_of(response)) == (400, message)
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient, sim: SimulatedOllama) -> None:
+    response = await client.post("/api/embed", content=b'{"model": x}')
+    assert response.status_code == 400
+    assert "invalid" in error_of(response).lower()
+    assert sim.requests["/api/embed"] == 0
+
+
+async def test_unknown_route_and_wrong_method_are_json_errors(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/api/nothing-here")
+    assert (missing.status_code, error_of(missing)) == (404, "not found")
+    wrong = await client.put("/api/tags")
+    assert (wrong.status_code, error_of(wrong)) == (405, "method not allowed")
+
+
+async def test_a_body_over_the_limit_is_413_json(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    async with make_app({"FOREMAN_MAX_BODY_SIZE": "1KiB"}) as (client, _):
+        small = await client.post("/api/embed", content=b'{"model":"all-minilm","input":"hi"}')
+        big = await client.post(
+            "/api/embed", content=b'{"model":"all-minilm","input":"' + b"x" * 2048 + b'"}'
+        )
+    assert small.status_code == 200
+    assert big.status_code == 413
+    assert error_of(big) == "request body too large"
+    assert sim.requests["/api/embed"] == 1
+
+
+async def test_an_unexpected_exception_is_a_logged_500_json(
+    make_app: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    @get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    async with make_app(extra_routes=[boom]) as (client, _):
+        response = await client.get("/boom")
+    assert (response.status_code, error_of(response)) == (500, "internal error")
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info and r.levelname == "ERROR"]
+    assert any(isinstance(exc, RuntimeError) and str(exc) == "kaboom" for exc in logged)
+
+
+# -- the target going away ----------------------------------------------------------------------
+
+
+async def test_target_down_degrades_health_but_the_listing_is_still_served(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    async with make_app() as (client, container):
+        sim.down()
+        await container.inventory().refresh()
+        health = (await client.get("/healthz")).json()
+        tags = await client.get("/api/tags")
+        version = await client.get("/api/version")
+        sim.up()
+        await container.inventory().refresh()
+        recovered = (await client.get("/healthz")).json()
+    assert health["degraded"] is True
+    assert tags.status_code == 200
+    assert "llama3.2:latest" in model_names(tags.json())
+    assert version.status_code == 502
+    assert error_of(version)
+    assert recovered["degraded"] is False
+
+
+async def test_an_unreachable_target_at_start_up_still_serves_degraded(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    sim.down()
+    async with make_app() as (client, _):
+        health = await client.get("/healthz")
+        tags = await client.get("/api/tags")
+    assert health.status_code == 200
+    assert health.json()["degraded"] is True
+    assert tags.json() == {"models": []}
+
+
+# -- start-up -----------------------------------------------------------------------------------
+
+
+async def test_the_embed_model_is_warmed_for_good_at_start_up(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    async with make_app({"FOREMAN_EMBED_MODEL": "all-minilm"}):
+        await sim.wait_for(lambda: sim.gpu.embed_loads >= 1)
+        loaded = (await _direct(sim, "GET", "/api/ps")).json()["models"]
+    minilm = [entry for entry in loaded if entry["name"] == "all-minilm:latest"]
+    assert len(minilm) == 1
+    # keep_alive -1 means forever: Ollama reports an expiry centuries away
+    assert int(minilm[0]["expires_at"][:4]) > 2100
+
+
+async def test_a_failed_warm_up_is_not_fatal(
+    make_app: Callable[..., Any], sim: SimulatedOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    def warning_logged() -> bool:
+        return any("no-such-model" in record.getMessage() for record in caplog.records)
+
+    async with make_app({"FOREMAN_EMBED_MODEL": "no-such-model"}) as (client, _):
+        await eventually(warning_logged)
+        health = await client.get("/healthz")
+        tags = await client.get("/api/tags")
+    assert health.status_code == 200
+    assert tags.status_code == 200
+    assert sim.requests["/api/embed"] == 1
+
+
+# -- auth ---------------------------------------------------------------------------------------
+
+TOKENS = {"FOREMAN_AUTH_TOKEN": "first-token, second-token"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic first-token"}],
+    ids=["none", "wrong", "not-bearer"],
+)
+async def test_without_a_valid_token_every_route_is_401(
+    make_app: Callable[..., Any], headers: dict[str, str]
+) -> None:
+    async with make_app(TOKENS) as (client, _):
+        for method, path in [
+            ("GET", "/api/tags"),
+            ("POST", "/api/show"),
+            ("GET", "/api/nothing-here"),
+            ("PUT", "/api/tags"),
+            ("GET", "/schema"),
+        ]:
+            response = await client.request(method, path, headers=headers, content=b"{}")
+            assert (response.status_code, error_of(response)) == (401, "unauthorized"), path
+
+
+async def test_each_configured_token_is_accepted(make_app: Callable[..., Any]) -> None:
+    async with make_app(TOKENS) as (client, _):
+        for token in ("first-token", "second-token"):
+            response = await client.get("/api/tags", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200
+
+
+async def test_health_and_banner_need_no_token(make_app: Callable[..., Any]) -> None:
+    async with make_app(TOKENS) as (client, _):
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/")).status_code == 200
+        assert (await client.head("/")).status_code == 200
+
+
+async def test_the_clients_token_is_never_forwarded_only_foremans_own(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    recorder = HeaderRecorder(sim)
+    env = {**TOKENS, "FOREMAN_OLLAMA_TOKEN": "target-token"}
+    async with make_app(env, target=recorder) as (client, _):
+        response = await client.post(
+            "/api/show",
+            content=b'{"model":"llama3.2"}',
+            headers={"Authorization": "Bearer first-token"},
+        )
+    assert response.status_code == 200
+    assert [h.get("authorization") for h in recorder.headers["/api/show"]] == [
+        "Bearer target-token"
+    ]
+    every_request = [h for requests in recorder.headers.values() for h in requests]
+    assert {h.get("authorization") for h in every_request} == {"Bearer target-token"}
+
+
+async def test_without_a_target_token_no_authorization_reaches_the_target(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    recorder = HeaderRecorder(sim)
+    async with make_app(TOKENS, target=recorder) as (client, _):
+        response = await client.post(
+            "/api/embed",
+            content=b'{"model":"all-minilm","input":"x"}',
+            headers={"Authorization": "Bearer second-token"},
+        )
+    assert response.status_code == 200
+    assert "authorization" not in recorder.headers["/api/embed"][0]
+
+
+async def _direct(
+    sim: SimulatedOllama, method: str, path: str, body: bytes | None = None
+) -> httpx.Response:
+    """The simulator's own answer, for comparison with what foreman relays."""
+    transport = httpx.ASGITransport(app=sim)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as direct:
+        return await direct.request(method, path, content=body)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("500ms", timedelta(milliseconds=500)),
+        ("30s", timedelta(seconds=30)),
+        ("5m", timedelta(minutes=5)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("24h", timedelta(hours=24)),
+        ("1.5h", timedelta(hours=1, minutes=30)),
+        ("2m0.5s", timedelta(minutes=2, milliseconds=500)),
+        ("30", timedelta(seconds=30)),
+        ("0.25", timedelta(milliseconds=250)),
+        ("1500us", timedelta(microseconds=1500)),
+    ],
+)
+def test_durations_parse_go_style_and_bare_seconds(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "5x", "1h 30m", "-5s", "h", "1.2.3s", "5 m", "1d"])
+def test_malformed_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1048576", 1048576),
+        ("512KiB", 512 * 1024),
+        ("32MiB", 32 * 1024**2),
+        ("1GB", 10**9),
+        ("2kb", 2000),
+        ("1 GiB", 1024**3),
+    ],
+)
+def test_sizes_accept_bytes_and_units(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = Settings.from_env({})
+    assert settings.listen_addr == "127.0.0.1:8080"
+    assert settings.ollama_url == "http://127.0.0.1:11434"
+    assert settings.db_path == "./foreman.db"
+    assert settings.poll_interval == timedelta(seconds=30)
+    assert settings.max_attempts == 3
+    assert settings.job_ttl == timedelta(hours=24)
+    assert settings.public_url == "http://127.0.0.1:8080"
+    assert settings.max_queue == 1000
+    assert settings.max_wait == timedelta(minutes=10)
+    assert settings.log_level == "info"
+    assert settings.max_body_size == 32 * 1024**2
+    assert settings.shutdown_grace == timedelta(seconds=30)
+    assert settings.auth_tokens == ()
+    assert (settings.ollama_token, settings.webhook_secret, settings.embed_model) == (None,) * 3
+    assert settings.webhook_allowed_hosts is None
+
+
+def test_values_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "FOREMAN_LISTEN_ADDR": "0.0.0.0:9000",
+            "FOREMAN_OLLAMA_URL": "https://gpu.example:11434/",
+            "FOREMAN_AUTH_TOKEN": " a ,, b ,",
+            "FOREMAN_POLL_INTERVAL": "500ms",
+            "FOREMAN_MAX_ATTEMPTS": "5",
+            "FOREMAN_LOG_LEVEL": "DEBUG",
+            "FOREMAN_MAX_BODY_SIZE": "512KiB",
+            "FOREMAN_WEBHOOK_ALLOWED_HOSTS": "hooks.example, 10.0.0.0/8",
+            "FOREMAN_EMBED_MODEL": "all-minilm",
+            "FOREMAN_OLLAMA_TOKEN": "",
+        }
+    )
+    assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 9000)
+    assert settings.public_url == "http://0.0.0.0:9000"
+    assert settings.ollama_url == "https://gpu.example:11434"
+    assert settings.auth_tokens == ("a", "b")
+    assert settings.poll_interval == timedelta(milliseconds=500)
+    assert settings.max_attempts == 5
+    assert settings.log_level == "debug"
+    assert settings.max_body_size == 512 * 1024
+    assert settings.webhook_allowed_hosts == ("hooks.example", "10.0.0.0/8")
+    assert settings.embed_model == "all-minilm"
+    assert settings.ollama_token is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FOREMAN_LISTEN_ADDR", "localhost"),
+        ("FOREMAN_LISTEN_ADDR", "127.0.0.1:70000"),
+        ("FOREMAN_LISTEN_ADDR", ":8080"),
+        ("FOREMAN_OLLAMA_URL", "ftp://host"),
+        ("FOREMAN_OLLAMA_URL", "http://"),
+        ("FOREMAN_OLLAMA_URL", "http://host:port"),
+        ("FOREMAN_POLL_INTERVAL", "abc"),
+        ("FOREMAN_POLL_INTERVAL", "0s"),
+        ("FOREMAN_MAX_ATTEMPTS", "0"),
+        ("FOREMAN_MAX_ATTEMPTS", "three"),
+        ("FOREMAN_JOB_TTL", "forever"),
+        ("FOREMAN_PUBLIC_URL", "foreman.example"),
+        ("FOREMAN_MAX_QUEUE", "-1"),
+        ("FOREMAN_MAX_WAIT", "10 minutes"),
+        ("FOREMAN_LOG_LEVEL", "loud"),
+        ("FOREMAN_MAX_BODY_SIZE", "32 potatoes"),
+        ("FOREMAN_MAX_BODY_SIZE", "0"),
+        ("FOREMAN_WEBHOOK_ALLOWED_HOSTS", " , "),
+        ("FOREMAN_SHUTDOWN_GRACE", "soon"),
+    ],
+)
+def test_an_invalid_value_is_a_config_error_naming_variable_and_value(
+    variable: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({variable: value})
+    message = str(raised.value)
+    assert message.startswith(f"{variable}: ")
+    assert repr(value) in message
+    assert "\n" not in message
+
+
+def test_the_duration_error_gives_examples() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"FOREMAN_POLL_INTERVAL": "abc"})
+    assert str(raised.value) == (
+        "FOREMAN_POLL_INTERVAL: invalid duration 'abc' (examples: 500ms, 30s, 5m, 1h30m)"
+    )

@@ -1,0 +1,84 @@
+"""Fixtures for end-to-end tests: real `foreman serve` and simulator processes.
+
+- `simulator`: a fresh `python -m foreman_adapters.simulator --port 0` process (no delays),
+  with helpers for its control API (`stats`, `faults`, `hold`, `release`, `reset`, `configure`,
+  `wait_for`) and `stop()`/`kill()`.
+- `foreman_server`: a factory, `foreman_server(env=None, target=None)`, that starts
+  `python -m foreman_app serve` on a free port with its own database in `tmp_path`, in front of
+  `simulator` (or `target`, a URL), and waits for /healthz. The returned `ForemanServer` has
+  `.url`, `.env`, `.db_path`, `.auth_headers`, `.stop(sig=SIGTERM)` (returns the exit status),
+  `.kill()` (SIGKILL), `.restart()` (same port, same database), `.log()`. Every server is
+  stopped after the test.
+- `foreman_cli`: runs `python -m foreman_app ARGS...` to completion with a clean FOREMAN_*
+  environment plus `env`, and returns the CompletedProcess.
+
+The classes and helpers live in `e2e_processes.py` (import them from there, not from here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from e2e_processes import ForemanServer, SimulatorProcess, clean_environment, free_port
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    """A fresh simulated Ollama process with no delays."""
+    sim = SimulatorProcess(tmp_path / "simulator.log")
+    try:
+        yield sim
+    finally:
+        sim.kill()
+
+
+@pytest.fixture
+def foreman_server(
+    tmp_path: Path, simulator: SimulatorProcess
+) -> Iterator[Callable[..., ForemanServer]]:
+    """Start `foreman serve` processes: `foreman_server(env=None, target=None)`."""
+    servers: list[ForemanServer] = []
+
+    def start(env: Mapping[str, str] | None = None, target: str | None = None) -> ForemanServer:
+        number = len(servers)
+        settings = {
+            "FOREMAN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+            "FOREMAN_OLLAMA_URL": target or simulator.url,
+            "FOREMAN_DB_PATH": str(tmp_path / f"foreman-{number}.db"),
+            "FOREMAN_SHUTDOWN_GRACE": "5s",
+            **(env or {}),
+        }
+        server = ForemanServer(settings, tmp_path / f"foreman-{number}.log")
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            if server.running:
+                server.stop()
+
+
+@pytest.fixture
+def foreman_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `python -m foreman_app ARGS…` to completion: `foreman_cli(*args, env=…, input=…)`."""
+
+    def run(
+        *args: str, env: Mapping[str, str] | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "foreman_app", *args],
+            env=clean_environment(env),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return run

@@ -1,0 +1,220 @@
+"""Real processes for end-to-end tests: the simulated Ollama and `foreman serve`.
+
+The fixtures in `conftest.py` hand these out; tests import the names for annotations and the
+small helpers (`free_port`, `wait_until`). Child processes never inherit the developer's
+FOREMAN_* or OLLAMA_* variables.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+FAST_SIMULATOR = ("--load-delay", "0", "--ttft", "0", "--token-delay", "0", "--tokens", "8")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without FOREMAN_*/OLLAMA_* variables, plus `extra`."""
+    base = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FOREMAN_", "OLLAMA_"))
+    }
+    return {**base, **(extra or {})}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _end(process: subprocess.Popen[Any], sig: int, timeout: float = STOP_TIMEOUT) -> int:
+    """Send `sig` to a process we started and reap it; SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    return process.returncode
+
+
+class SimulatorProcess:
+    """A simulated Ollama in its own process, and its control API."""
+
+    def __init__(self, log_path: Path, args: tuple[str, ...] = FAST_SIMULATOR) -> None:
+        self._log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "foreman_adapters.simulator", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=clean_environment(),
+        )
+        self.url = self._read_url()
+
+    def _read_url(self) -> str:
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(START_TIMEOUT):
+                self.kill()
+                raise AssertionError(f"simulator did not start: {self._log_path.read_text()}")
+        line = self.process.stdout.readline()
+        prefix = "listening on "
+        if not line.startswith(prefix):
+            self.kill()
+            raise AssertionError(f"simulator said {line!r}: {self._log_path.read_text()}")
+        return line[len(prefix) :].strip()
+
+    def control(self, action: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """POST /_sim/<action>; the simulator's stats after it."""
+        response = httpx.post(f"{self.url}/_sim/{action}", json=dict(payload or {}), timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        """GET /_sim/stats: counters, resident models, faults."""
+        response = httpx.get(f"{self.url}/_sim/stats", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def faults(self, **spec: Any) -> dict[str, Any]:
+        """Arm faults, e.g. `faults(fail_next={"count": 1, "status": 503})`, `faults(down=True)`."""
+        return self.control("faults", spec)
+
+    def configure(self, **settings: float) -> dict[str, Any]:
+        """Change delays: load_delay, ttft, token_delay (seconds), tokens."""
+        return self.control("config", settings)
+
+    def hold(self) -> dict[str, Any]:
+        """Make chat/generate requests wait at the target until `release()`."""
+        return self.control("hold")
+
+    def release(self) -> dict[str, Any]:
+        """Let held requests go on."""
+        return self.control("release")
+
+    def reset(self) -> dict[str, Any]:
+        """Initial models, no faults, counters at zero."""
+        return self.control("reset")
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll the stats until `predicate(stats)` holds; returns those stats."""
+
+        def satisfied() -> dict[str, Any] | None:
+            stats = self.stats()
+            return stats if predicate(stats) else None
+
+        return wait_until(satisfied, timeout, "the simulator's state")
+
+    def stop(self) -> int:
+        """SIGTERM and wait."""
+        code = _end(self.process, signal.SIGTERM)
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL and wait."""
+        _end(self.process, signal.SIGKILL)
+        self._close()
+
+    def _close(self) -> None:
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+
+class ForemanServer:
+    """`foreman serve` in its own process, on a fixed port so that a restart keeps its URL."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
+        self.url = f"http://{self.env['FOREMAN_LISTEN_ADDR']}"
+        self.db_path = Path(self.env["FOREMAN_DB_PATH"])
+        self._log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """An Authorization header with the first configured token, or none."""
+        tokens = [t.strip() for t in self.env.get("FOREMAN_AUTH_TOKEN", "").split(",") if t.strip()]
+        return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+
+    def start(self) -> ForemanServer:
+        """Start the process and wait until /healthz answers."""
+        with self._log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "foreman_app", "serve"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_environment(self.env),
+            )
+        wait_until(self._healthy, START_TIMEOUT, f"foreman at {self.url}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"foreman exited with {self.process.returncode} while starting:\n{self.log()}"
+            )
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Ask the server to shut down (SIGTERM by default); its exit status."""
+        assert self.process is not None
+        return _end(self.process, sig)
+
+    def kill(self) -> int:
+        """SIGKILL: a crash, as far as foreman can tell."""
+        assert self.process is not None
+        return _end(self.process, signal.SIGKILL)
+
+    def restart(self) -> ForemanServer:
+        """Stop (if running) and start again with the same environment, port and database."""
+        if self.running:
+            self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        """Everything the server wrote to stdout and stderr."""
+        return self._log_path.read_text(errors="replace")
