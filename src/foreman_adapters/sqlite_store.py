@@ -1,0 +1,747 @@
+"""The durable job store: jobs, artifacts and the webhook outbox in one SQLite file.
+
+Schema and migrations go through sqlite-utils; the hot paths (add, claim, save) are plain SQL on
+one connection guarded by a lock. Write transactions are `BEGIN IMMEDIATE`; the `add` of an async
+job commits with `synchronous=FULL` (fsynced), every other write with `NORMAL` (ADR 0002).
+Timestamps are stored as integer microseconds since the Unix epoch, UTC: they sort as numbers
+and round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlite_utils import Database
+
+from foreman_core import job as jobs
+from foreman_core.errors import (
+    ArtifactNotFound,
+    IdempotencyConflict,
+    JobNotFound,
+    QueueFull,
+    StaleJob,
+)
+from foreman_core.job import Artifact, Job, JobState, StateChange, normalize_model, state_change
+from foreman_core.ports import (
+    IdGenerator,
+    JobPage,
+    PendingDelivery,
+    QueuedGroup,
+    QueueSummary,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+BUSY_TIMEOUT_MS = 5000
+
+JOB_COLUMNS = (
+    "id",
+    "kind",
+    "model",
+    "residency",
+    "payload",
+    "priority",
+    "state",
+    "sync",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "updated_at",
+    "not_before",
+    "started_at",
+    "finished_at",
+    "error",
+    "result",
+    "webhook_url",
+    "idempotency_key",
+    "fingerprint",
+)
+"""The columns of the `jobs` table, in the order of `job_row`."""
+
+_SELECT_JOB = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
+INSERT_JOB_SQL = (
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
+)
+"""Inserts one `job_row`."""
+
+# The claim's queries. Each is pinned to its partial index: the planner, lacking statistics,
+# might otherwise pick a range on not_before and sort a million rows.
+OLDEST_ELIGIBLE_SQL = (
+    _SELECT_JOB + " INDEXED BY idx_jobs_queued_fifo"
+    " WHERE state = 'queued' AND not_before <= ? ORDER BY created_at, id LIMIT 1"
+)
+TOP_PRIORITY_SQL = (
+    _SELECT_JOB + " INDEXED BY idx_jobs_queued_priority"
+    " WHERE state = 'queued' AND not_before <= ? ORDER BY priority DESC, created_at, id LIMIT 1"
+)
+OLDEST_OF_RESIDENCY_SQL = (
+    _SELECT_JOB + " INDEXED BY idx_jobs_queued_residency"
+    " WHERE state = 'queued' AND priority = ? AND residency = ? AND not_before <= ?"
+    " ORDER BY created_at, id LIMIT 1"
+)
+CLAIM_QUERIES = (OLDEST_ELIGIBLE_SQL, TOP_PRIORITY_SQL, OLDEST_OF_RESIDENCY_SQL)
+"""The queries `claim_next` runs, exposed so tests can check they walk indexes."""
+
+_OUTBOX_COLUMNS = (
+    "event_id",
+    "job_id",
+    "model",
+    "url",
+    "state",
+    "previous_state",
+    "attempts",
+    "timestamp",
+    "error",
+    "delivery_attempts",
+    "next_attempt_at",
+)
+_IS_HEAD = (
+    "NOT EXISTS (SELECT 1 FROM webhook_outbox AS earlier"
+    " WHERE earlier.job_id = o.job_id AND earlier.done = 0 AND earlier.seq < o.seq)"
+)
+
+
+def _to_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _to_us_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _from_us_or_none(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def job_row(job: Job) -> tuple[Any, ...]:
+    """The `jobs` row of a job, values in the order of `JOB_COLUMNS`."""
+    return (
+        job.id,
+        job.kind,
+        job.model,
+        job.residency,
+        job.payload,
+        job.priority,
+        job.state.value,
+        int(job.sync),
+        job.attempts,
+        job.max_attempts,
+        _to_us(job.created_at),
+        _to_us(job.updated_at),
+        _to_us(job.not_before),
+        _to_us_or_none(job.started_at),
+        _to_us_or_none(job.finished_at),
+        job.error,
+        job.result,
+        job.webhook_url,
+        job.idempotency_key,
+        job.fingerprint,
+    )
+
+
+def _job_from_row(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        kind=row[1],
+        model=row[2],
+        residency=row[3],
+        payload=row[4],
+        priority=row[5],
+        state=JobState(row[6]),
+        sync=bool(row[7]),
+        attempts=row[8],
+        max_attempts=row[9],
+        created_at=_from_us(row[10]),
+        updated_at=_from_us(row[11]),
+        not_before=_from_us(row[12]),
+        started_at=_from_us_or_none(row[13]),
+        finished_at=_from_us_or_none(row[14]),
+        error=row[15],
+        result=row[16],
+        webhook_url=row[17],
+        idempotency_key=row[18],
+        fingerprint=row[19],
+    )
+
+
+def _event_from_row(row: Sequence[Any]) -> PendingDelivery:
+    event = StateChange(
+        event_id=row[0],
+        job_id=row[1],
+        model=row[2],
+        url=row[3],
+        state=JobState(row[4]),
+        previous_state=None if row[5] is None else JobState(row[5]),
+        attempts=row[6],
+        timestamp=_from_us(row[7]),
+        error=row[8],
+    )
+    return PendingDelivery(event, delivery_attempts=row[9], next_attempt_at=_from_us(row[10]))
+
+
+def _is_cursor(cursor: str) -> bool:
+    return len(cursor) == 26 and all(c in _CROCKFORD for c in cursor)
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+def _create_schema_v1(db: Database) -> None:
+    """Jobs, artifacts and the webhook outbox, with the indexes the hot paths walk."""
+    db["jobs"].create(
+        {
+            "id": str,
+            "kind": str,
+            "model": str,
+            "residency": str,
+            "payload": bytes,
+            "priority": int,
+            "state": str,
+            "sync": int,
+            "attempts": int,
+            "max_attempts": int,
+            "created_at": int,
+            "updated_at": int,
+            "not_before": int,
+            "started_at": int,
+            "finished_at": int,
+            "error": str,
+            "result": bytes,
+            "webhook_url": str,
+            "idempotency_key": str,
+            "fingerprint": str,
+        },
+        pk="id",
+        not_null=[
+            "kind",
+            "model",
+            "residency",
+            "payload",
+            "priority",
+            "state",
+            "sync",
+            "attempts",
+            "max_attempts",
+            "created_at",
+            "updated_at",
+            "not_before",
+            "fingerprint",
+        ],
+    )
+    db["jobs"].create_index(["state", "id"], index_name="idx_jobs_state_id")
+    db["jobs"].create_index(["model", "id"], index_name="idx_jobs_model_id")
+    # Only queued jobs are scheduled, so the scheduling indexes hold only them.
+    for sql in (
+        "CREATE INDEX idx_jobs_queued_fifo ON jobs (created_at, id) WHERE state = 'queued'",
+        "CREATE INDEX idx_jobs_queued_priority ON jobs (priority DESC, created_at, id)"
+        " WHERE state = 'queued'",
+        "CREATE INDEX idx_jobs_queued_residency"
+        " ON jobs (priority DESC, residency, created_at, id) WHERE state = 'queued'",
+        "CREATE INDEX idx_jobs_queued_not_before ON jobs (not_before) WHERE state = 'queued'",
+        "CREATE INDEX idx_jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL",
+        "CREATE UNIQUE INDEX idx_jobs_idempotency_key ON jobs (idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL",
+    ):
+        db.execute(sql)
+    db["artifacts"].create(
+        {"job_id": str, "name": str, "content_type": str, "data": bytes},
+        pk=("job_id", "name"),
+        not_null=["job_id", "name", "content_type", "data"],
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["webhook_outbox"].create(
+        {
+            "seq": int,
+            "event_id": str,
+            "job_id": str,
+            "model": str,
+            "url": str,
+            "state": str,
+            "previous_state": str,
+            "attempts": int,
+            "timestamp": int,
+            "error": str,
+            "delivery_attempts": int,
+            "next_attempt_at": int,
+            "done": int,
+            "delivered_at": int,
+            "last_error": str,
+        },
+        pk="seq",
+        not_null=[
+            "event_id",
+            "job_id",
+            "model",
+            "url",
+            "state",
+            "attempts",
+            "timestamp",
+            "delivery_attempts",
+            "next_attempt_at",
+            "done",
+        ],
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["webhook_outbox"].create_index(["event_id"], index_name="idx_outbox_event", unique=True)
+    # Full, not partial: the foreign key check on deleting a job needs it too.
+    db["webhook_outbox"].create_index(["job_id", "seq"], index_name="idx_outbox_job_seq")
+    db.execute(
+        "CREATE INDEX idx_outbox_due ON webhook_outbox (next_attempt_at, seq) WHERE done = 0"
+    )
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_create_schema_v1,)
+"""Schema migrations; migration n (1-based) brings `PRAGMA user_version` from n-1 to n."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code writes."""
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+class SqliteJobStore:
+    """Implements JobStore and WebhookOutbox in one SQLite file (WAL, one locked connection)."""
+
+    INTERRUPTED: ClassVar[str] = "interrupted: foreman restarted while the job ran"
+
+    def __init__(self, path: str | Path, ids: IdGenerator) -> None:
+        self._ids = ids
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._closed = False
+        try:
+            self._db = Database(self._conn, execute_plugins=False, recursive_triggers=False)
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.enable_wal()
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        while True:
+            with self._transaction() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"database schema version {version} is newer than this foreman's "
+                        f"({SCHEMA_VERSION})"
+                    )
+                if version == SCHEMA_VERSION:
+                    return
+                MIGRATIONS[version](self._db)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+
+    @contextmanager
+    def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction under the lock; `durable` commits with an fsync."""
+        with self._lock:
+            conn = self._conn
+            # synchronous cannot change inside a transaction, so it is set around it.
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction under the lock: several queries see one state."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _record(self, conn: sqlite3.Connection, previous: Job | None, job: Job) -> None:
+        """Append the webhook event of `previous → job`, if it makes one."""
+        event = state_change(previous, job, self._ids.new_id())
+        if event is None:
+            return
+        conn.execute(
+            f"INSERT INTO webhook_outbox ({', '.join(_OUTBOX_COLUMNS)}, done)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0)",
+            (
+                event.event_id,
+                event.job_id,
+                event.model,
+                event.url,
+                event.state.value,
+                None if event.previous_state is None else event.previous_state.value,
+                event.attempts,
+                _to_us(event.timestamp),
+                event.error,
+                _to_us(event.timestamp),
+            ),
+        )
+
+    def _update(self, conn: sqlite3.Connection, previous: Job, job: Job) -> Job:
+        """Write the columns of `job` that differ from `previous`, and its event."""
+        old, new = job_row(previous), job_row(job)
+        changed = [i for i in range(1, len(JOB_COLUMNS)) if old[i] != new[i]]
+        if changed:
+            assignments = ", ".join(f"{JOB_COLUMNS[i]} = ?" for i in changed)
+            conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ?",
+                [new[i] for i in changed] + [job.id],
+            )
+        self._record(conn, previous, job)
+        return job
+
+    def add(self, job: Job, *, max_queued: int | None = None) -> Job:
+        """Store a new queued job (see JobStore.add); an async one is fsynced."""
+        with self._transaction(durable=not job.sync) as conn:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    _SELECT_JOB + " WHERE idempotency_key = ?", (job.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    earlier = _job_from_row(row)
+                    if earlier.fingerprint != job.fingerprint:
+                        raise IdempotencyConflict(job.idempotency_key, earlier.id)
+                    return earlier
+            if max_queued is not None and _count_queued(conn, up_to=max_queued) >= max_queued:
+                raise QueueFull(max_queued)
+            conn.execute(INSERT_JOB_SQL, job_row(job))
+            self._record(conn, None, job)
+            return job
+
+    def save(self, job: Job, *, expected: JobState, artifacts: Sequence[Artifact] = ()) -> Job:
+        """Store a transition of a stored job (see JobStore.save)."""
+        with self._transaction() as conn:
+            current = _get(conn, job.id)
+            if current.state != expected:
+                raise StaleJob(job.id, expected, current.state)
+            if artifacts:
+                conn.executemany(
+                    "INSERT INTO artifacts (job_id, name, content_type, data) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (job_id, name) DO UPDATE"
+                    " SET content_type = excluded.content_type, data = excluded.data",
+                    [(job.id, a.name, a.content_type, a.data) for a in artifacts],
+                )
+            return self._update(conn, current, job)
+
+    def claim_next(
+        self, *, resident: Sequence[str], now: datetime, max_wait: timedelta
+    ) -> Job | None:
+        """Dispatch the scheduler's choice (see JobStore.claim_next), found by index seeks."""
+        with self._transaction() as conn:
+            chosen = _choose_next(conn, resident, now, max_wait)
+            if chosen is None:
+                return None
+            claimed = jobs.claim(chosen, now, resident=chosen.residency in resident)
+            return self._update(conn, chosen, claimed)
+
+    def recover_interrupted(self, now: datetime) -> list[Job]:
+        """End jobs a crash left running (see JobStore.recover_interrupted)."""
+        with self._transaction() as conn:
+            recovered = []
+            for job in _running(conn):
+                if job.sync or job.attempts >= job.max_attempts:
+                    ended = jobs.fail(job, now, self.INTERRUPTED)
+                else:
+                    ended = jobs.requeue(job, now, not_before=now, error=self.INTERRUPTED)
+                recovered.append(self._update(conn, job, ended))
+            return recovered
+
+    def prune_finished(self, before: datetime) -> int:
+        """Delete jobs finished before `before`, with their artifacts and outbox events."""
+        doomed = (
+            "SELECT id FROM jobs INDEXED BY idx_jobs_finished_at"
+            " WHERE finished_at IS NOT NULL AND finished_at < ?"
+            " AND state IN ('done', 'failed', 'cancelled')"
+        )
+        cutoff = (_to_us(before),)
+        with self._transaction() as conn:
+            conn.execute(f"DELETE FROM artifacts WHERE job_id IN ({doomed})", cutoff)
+            conn.execute(f"DELETE FROM webhook_outbox WHERE job_id IN ({doomed})", cutoff)
+            return conn.execute(f"DELETE FROM jobs WHERE id IN ({doomed})", cutoff).rowcount
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """The job; raises JobNotFound."""
+        with self._lock:
+            return _get(self._conn, job_id)
+
+    def list(
+        self,
+        *,
+        state: JobState | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first by id, filtered, paged by cursor (the last id of the page before)."""
+        if cursor is not None and not _is_cursor(cursor):
+            raise ValueError(f"invalid cursor {cursor!r}")
+        conditions, params = [], []
+        if state is not None:
+            conditions.append("state = ?")
+            params.append(JobState(state).value)
+        if model:
+            conditions.append("model = ?")
+            params.append(normalize_model(model))
+        if cursor is not None:
+            conditions.append("id < ?")
+            params.append(cursor)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        # One row beyond the page tells whether another page follows.
+        params.append(limit + 1 if limit >= 0 else -1)
+        with self._lock:
+            rows = self._conn.execute(
+                f"{_SELECT_JOB}{where} ORDER BY id DESC LIMIT ?", params
+            ).fetchall()
+        matches = [_job_from_row(row) for row in rows]
+        page = matches[:limit]
+        more = len(matches) > limit
+        return JobPage(jobs=page, next_cursor=page[-1].id if more and page else None)
+
+    def queue_position(self, job_id: str, resident: Sequence[str]) -> int | None:
+        """Position in `queue_order` (0 = next), counted with grouped queries."""
+        with self._snapshot() as conn:
+            job = _get(conn, job_id)
+            if job.state != JobState.QUEUED:
+                return None
+            return _queue_position(conn, job, resident)
+
+    def count_queued(self) -> int:
+        """How many jobs are queued."""
+        with self._lock:
+            return _count_queued(self._conn)
+
+    def summary(self) -> QueueSummary:
+        """Running jobs, queued counts per model and priority, the oldest queued job's time."""
+        with self._snapshot() as conn:
+            groups = conn.execute(
+                "SELECT model, priority, COUNT(*) FROM jobs WHERE state = 'queued'"
+                " GROUP BY model, priority ORDER BY model, priority"
+            ).fetchall()
+            oldest = conn.execute(
+                "SELECT MIN(created_at) FROM jobs INDEXED BY idx_jobs_queued_fifo"
+                " WHERE state = 'queued'"
+            ).fetchone()[0]
+            return QueueSummary(
+                running=_running(conn),
+                queued=[QueuedGroup(model, priority, count) for model, priority, count in groups],
+                oldest_queued_at=_from_us_or_none(oldest),
+            )
+
+    def next_not_before(self, now: datetime) -> datetime | None:
+        """The earliest backoff end after `now` among queued jobs."""
+        with self._lock:
+            value = self._conn.execute(
+                "SELECT MIN(not_before) FROM jobs INDEXED BY idx_jobs_queued_not_before"
+                " WHERE state = 'queued' AND not_before > ?",
+                (_to_us(now),),
+            ).fetchone()[0]
+        return _from_us_or_none(value)
+
+    def get_artifact(self, job_id: str, name: str) -> Artifact:
+        """One artifact of a job; raises JobNotFound or ArtifactNotFound."""
+        with self._snapshot() as conn:
+            _require_job(conn, job_id)
+            row = conn.execute(
+                "SELECT name, content_type, data FROM artifacts WHERE job_id = ? AND name = ?",
+                (job_id, name),
+            ).fetchone()
+        if row is None:
+            raise ArtifactNotFound(job_id, name)
+        return Artifact(*row)
+
+    def list_artifacts(self, job_id: str) -> list[Artifact]:
+        """A job's artifacts by name; raises JobNotFound."""
+        with self._snapshot() as conn:
+            _require_job(conn, job_id)
+            rows = conn.execute(
+                "SELECT name, content_type, data FROM artifacts WHERE job_id = ? ORDER BY name",
+                (job_id,),
+            ).fetchall()
+        return [Artifact(*row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection; a second close does nothing."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # -- webhook outbox -------------------------------------------------------------------
+
+    def due_deliveries(self, now: datetime, limit: int = 100) -> list[PendingDelivery]:
+        """Each job's oldest undelivered event whose time has come, soonest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {', '.join(_OUTBOX_COLUMNS)} FROM webhook_outbox AS o"
+                f" INDEXED BY idx_outbox_due WHERE done = 0 AND next_attempt_at <= ?"
+                f" AND {_IS_HEAD} ORDER BY next_attempt_at, seq LIMIT ?",
+                (_to_us(now), limit),
+            ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def mark_delivered(self, event_id: str, now: datetime) -> None:
+        """The receiver acknowledged the event; raises KeyError for an unknown event."""
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE webhook_outbox SET delivery_attempts = delivery_attempts + 1,"
+                " done = 1, delivered_at = ? WHERE event_id = ?",
+                (_to_us(now), event_id),
+            ).rowcount
+            if not updated:
+                raise KeyError(event_id)
+
+    def mark_failed_attempt(
+        self, event_id: str, *, next_attempt_at: datetime | None, error: str
+    ) -> None:
+        """Reschedule a failed delivery, or abandon it (None); raises KeyError if unknown."""
+        with self._transaction() as conn:
+            if next_attempt_at is None:
+                sql = (
+                    "UPDATE webhook_outbox SET delivery_attempts = delivery_attempts + 1,"
+                    " done = 1, last_error = ? WHERE event_id = ?"
+                )
+                params: tuple[Any, ...] = (error, event_id)
+            else:
+                sql = (
+                    "UPDATE webhook_outbox SET delivery_attempts = delivery_attempts + 1,"
+                    " next_attempt_at = ?, last_error = ? WHERE event_id = ?"
+                )
+                params = (_to_us(next_attempt_at), error, event_id)
+            if not conn.execute(sql, params).rowcount:
+                raise KeyError(event_id)
+
+    def next_delivery_at(self) -> datetime | None:
+        """When the next undelivered event falls due."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT next_attempt_at FROM webhook_outbox AS o INDEXED BY idx_outbox_due"
+                f" WHERE done = 0 AND {_IS_HEAD} ORDER BY next_attempt_at, seq LIMIT 1"
+            ).fetchone()
+        return None if row is None else _from_us(row[0])
+
+
+# -- queries on a connection the caller holds ----------------------------------------------
+
+
+def _get(conn: sqlite3.Connection, job_id: str) -> Job:
+    row = conn.execute(_SELECT_JOB + " WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    return _job_from_row(row)
+
+
+def _require_job(conn: sqlite3.Connection, job_id: str) -> None:
+    if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+        raise JobNotFound(job_id)
+
+
+def _running(conn: sqlite3.Connection) -> list[Job]:
+    rows = conn.execute(
+        _SELECT_JOB + " WHERE state IN ('loading', 'working') ORDER BY id"
+    ).fetchall()
+    return [_job_from_row(row) for row in rows]
+
+
+def _count_queued(conn: sqlite3.Connection, *, up_to: int = -1) -> int:
+    """Queued jobs, counting no further than `up_to` (-1: all)."""
+    return conn.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs INDEXED BY idx_jobs_state_id"
+        " WHERE state = 'queued' LIMIT ?)",
+        (up_to,),
+    ).fetchone()[0]
+
+
+def _first(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Job | None:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else _job_from_row(row)
+
+
+def _choose_next(
+    conn: sqlite3.Connection, resident: Sequence[str], now: datetime, max_wait: timedelta
+) -> Job | None:
+    """`scheduler.choose_next` over the stored jobs, as a handful of index seeks."""
+    now_us = _to_us(now)
+    oldest = _first(conn, OLDEST_ELIGIBLE_SQL, (now_us,))
+    if oldest is None:
+        return None
+    # The oldest eligible job is overdue exactly when any eligible job is.
+    if now - oldest.created_at > max_wait:
+        return oldest
+    top = _first(conn, TOP_PRIORITY_SQL, (now_us,))
+    assert top is not None  # `oldest` is eligible, so some job has a top priority
+    for residency in resident:
+        if residency == top.residency:
+            # `top` is the first come at its priority, so the first of its residency too.
+            return top
+        warm = _first(conn, OLDEST_OF_RESIDENCY_SQL, (top.priority, residency, now_us))
+        if warm is not None:
+            return warm
+    return top
+
+
+def _queue_position(conn: sqlite3.Connection, job: Job, resident: Sequence[str]) -> int:
+    """How many queued jobs come before `job` in `scheduler.queue_order`."""
+    ahead = conn.execute(
+        "SELECT COUNT(*) FROM jobs INDEXED BY idx_jobs_queued_priority"
+        " WHERE state = 'queued' AND priority > ?",
+        (job.priority,),
+    ).fetchone()[0]
+    rank: dict[str, int] = {}
+    for index, residency in enumerate(resident):
+        rank.setdefault(residency, index)
+
+    def group_key(residency: str) -> tuple[Any, ...]:
+        oldest = conn.execute(
+            "SELECT created_at, id FROM jobs INDEXED BY idx_jobs_queued_residency"
+            " WHERE state = 'queued' AND priority = ? AND residency = ?"
+            " ORDER BY created_at, id LIMIT 1",
+            (job.priority, residency),
+        ).fetchone()
+        warm = rank.get(residency)
+        return (0, warm, tuple(oldest)) if warm is not None else (1, 0, tuple(oldest))
+
+    own_group = group_key(job.residency)
+    groups = conn.execute(
+        "SELECT residency, COUNT(*) FROM jobs INDEXED BY idx_jobs_queued_residency"
+        " WHERE state = 'queued' AND priority = ? GROUP BY residency",
+        (job.priority,),
+    ).fetchall()
+    for residency, count in groups:
+        if residency != job.residency and group_key(residency) < own_group:
+            ahead += count
+    ahead += conn.execute(
+        "SELECT COUNT(*) FROM jobs INDEXED BY idx_jobs_queued_residency"
+        " WHERE state = 'queued' AND priority = ? AND residency = ? AND (created_at, id) < (?, ?)",
+        (job.priority, job.residency, _to_us(job.created_at), job.id),
+    ).fetchone()[0]
+    return ahead
