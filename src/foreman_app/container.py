@@ -47,17 +47,6 @@ class Container(containers.DeclarativeContainer):
         interval=settings.provided.poll_interval.total_seconds.call(),
     )
 
-    retry_policy = providers.Singleton(RetryPolicy)
-    worker = providers.Singleton(
-        Worker,
-        store=store,
-        target=target,
-        inventory=inventory,
-        clock=clock,
-        policy=retry_policy,
-        max_wait=settings.provided.max_wait,
-    )
-
     webhook_http = providers.Singleton(httpx.AsyncClient, follow_redirects=False)
     webhook_policy = providers.Singleton(
         WebhookHostPolicy, allowed=providers.Callable(_allowed_hosts, settings)
@@ -76,6 +65,18 @@ class Container(containers.DeclarativeContainer):
         sender=webhook_sender,
         clock=clock,
         public_url=settings.provided.public_url,
+    )
+
+    retry_policy = providers.Singleton(RetryPolicy)
+    worker = providers.Singleton(
+        Worker,
+        store=store,
+        target=target,
+        inventory=inventory,
+        clock=clock,
+        policy=retry_policy,
+        max_wait=settings.provided.max_wait,
+        on_transition=webhook_dispatcher.provided.wake,
     )
 
 

@@ -9,6 +9,7 @@ relayed as the target sent it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -92,9 +93,9 @@ def _fixed(status: int, message: str) -> ErrorHandler:
 
 
 def _queue_full(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    return error_response(
-        HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}
-    )
+    estimate = getattr(exc, "retry_after", None)
+    seconds = QUEUE_FULL_RETRY_AFTER if estimate is None else max(1, math.ceil(estimate))
+    return error_response(HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": str(seconds)})
 
 
 def _target_rejected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

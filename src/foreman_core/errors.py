@@ -68,11 +68,12 @@ class ModelNotFound(ForemanError):
 
 
 class QueueFull(ForemanError):
-    """The queue holds its maximum of queued jobs."""
+    """The queue holds its maximum of queued jobs; `retry_after` estimates when to come back."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, retry_after: float | None = None) -> None:
         super().__init__("server busy, please try again.  maximum pending requests exceeded")
         self.limit = limit
+        self.retry_after = retry_after
 
 
 class IdempotencyConflict(ForemanError):

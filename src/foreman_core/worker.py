@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -197,6 +197,7 @@ class Worker:
         max_wait: timedelta,
         logger: logging.Logger | None = None,
         idle_recheck: float = 1.0,
+        on_transition: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._target = target
@@ -207,6 +208,8 @@ class Worker:
         self._log = logger or logging.getLogger("foreman.worker")
         # A safety net only: every change that matters calls wake(), and backoffs are timed.
         self._idle_recheck = idle_recheck
+        # Called after every state change the worker stores (the webhook dispatcher's wake).
+        self._on_transition = on_transition or (lambda: None)
         self._live: dict[str, LiveResponse] = {}
         self._wakeup = asyncio.Event()
         self._running: _Run | None = None
@@ -249,6 +252,7 @@ class Worker:
                 break
             except StaleJob:
                 continue  # the worker moved it meanwhile: look again
+        self._on_transition()
         run = self._running
         if job.state in RUNNING_STATES and run is not None and run.job.id == job_id:
             run.abort(_Abort.CANCELLED)
@@ -332,6 +336,8 @@ class Worker:
             return
         for job in recovered:
             self._log.warning("job %s: interrupted by a restart, now %s", job.id, job.state)
+        if recovered:
+            self._on_transition()
 
     async def _idle(self) -> None:
         timeout = self._idle_recheck
@@ -352,6 +358,7 @@ class Worker:
         job = self._store.claim_next(resident=self.resident, now=now, max_wait=self._max_wait)
         if job is None:
             return False
+        self._on_transition()
         live = self._live.get(job.id) if job.sync else None
         if job.sync and live is None:
             # Nobody waits for the bytes (client gone, or queued before a restart): skip it.
@@ -525,7 +532,9 @@ class Worker:
     ) -> Job | None:
         """Store a transition; None when the job moved on meanwhile (cancelled), which wins."""
         try:
-            return self._store.save(job, expected=expected, artifacts=artifacts)
+            saved = self._store.save(job, expected=expected, artifacts=artifacts)
         except StaleJob as stale:
             self._log.info("job %s: now %s; the worker leaves it", job.id, stale.actual)
             return None
+        self._on_transition()
+        return saved

@@ -6,6 +6,7 @@ from litestar.types import ControllerRouterHandler
 
 from foreman_app.routes.health import banner, healthz
 from foreman_app.routes.ollama_proxy import PROXY_ROUTES
+from foreman_app.routes.queued import chat, generate
 
-ROUTES: list[ControllerRouterHandler] = [banner, healthz, *PROXY_ROUTES]
+ROUTES: list[ControllerRouterHandler] = [banner, healthz, chat, generate, *PROXY_ROUTES]
 """Every route `create_app` serves."""

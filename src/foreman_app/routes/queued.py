@@ -1,0 +1,152 @@
+"""POST /api/chat and /api/generate: Ollama requests that wait their turn in the durable queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.response import Stream
+
+from foreman_app.config import Settings
+from foreman_app.requests import ollama_request
+from foreman_core.errors import ModelNotFound, QueueFull
+from foreman_core.job import CHAT, GENERATE, INTERACTIVE_PRIORITY, Job, new_job
+from foreman_core.ports import Clock, IdGenerator, JobStore, ModelInventory
+from foreman_core.worker import LiveResponse, ResponseFailed, Worker
+
+JOB_ID_HEADER = "X-Foreman-Job-Id"
+
+
+@post("/api/chat", status_code=200)
+async def chat(
+    request: Request[Any, Any, Any],
+    settings: NamedDependency[Settings],
+    store: NamedDependency[JobStore],
+    worker: NamedDependency[Worker],
+    inventory: NamedDependency[ModelInventory],
+    clock: NamedDependency[Clock],
+    ids: NamedDependency[IdGenerator],
+) -> Response[bytes]:
+    """Ollama's chat, through the queue."""
+    return await run_queued(CHAT, request, settings, store, worker, inventory, clock, ids)
+
+
+@post("/api/generate", status_code=200)
+async def generate(
+    request: Request[Any, Any, Any],
+    settings: NamedDependency[Settings],
+    store: NamedDependency[JobStore],
+    worker: NamedDependency[Worker],
+    inventory: NamedDependency[ModelInventory],
+    clock: NamedDependency[Clock],
+    ids: NamedDependency[IdGenerator],
+) -> Response[bytes]:
+    """Ollama's generate, through the queue."""
+    return await run_queued(GENERATE, request, settings, store, worker, inventory, clock, ids)
+
+
+async def run_queued(
+    kind: str,
+    request: Request[Any, Any, Any],
+    settings: Settings,
+    store: JobStore,
+    worker: Worker,
+    inventory: ModelInventory,
+    clock: Clock,
+    ids: IdGenerator,
+) -> Response[bytes]:
+    """Queue the request as a sync job, wait for the worker, relay the target's answer."""
+    body = await request.body()
+    fields = ollama_request(body)
+    model = fields["model"]
+    if not await inventory.has_model(model):
+        raise ModelNotFound(model)
+    job = new_job(
+        job_id=ids.new_id(),
+        kind=kind,
+        model=model,
+        payload=body,
+        now=clock.now(),
+        options=fields.get("options") if isinstance(fields.get("options"), dict) else None,
+        priority=INTERACTIVE_PRIORITY,
+        sync=True,
+        max_attempts=settings.max_attempts,
+    )
+    live = worker.watch(job.id)
+    try:
+        store.add(job, max_queued=settings.max_queue)
+    except QueueFull as full:
+        worker.forget(job.id)
+        raise QueueFull(full.limit, worker.estimated_wait(full.limit)) from None
+    worker.wake()
+    started = await _start_unless_disconnected(request, live, job, worker)
+    if started is None:
+        return Response(b"", status_code=499)
+    headers = {JOB_ID_HEADER: job.id}
+    if isinstance(started, ResponseFailed):
+        worker.forget(job.id)
+        return Response(
+            started.body,
+            status_code=started.status,
+            media_type=started.content_type,
+            headers=headers,
+        )
+    if fields.get("stream", True) is False:
+        data = b"".join([chunk async for chunk in live.chunks()])
+        worker.forget(job.id)
+        return Response(
+            data, status_code=started.status, media_type=started.content_type, headers=headers
+        )
+    return Stream(
+        _relay(live, job, worker),
+        status_code=started.status,
+        media_type=started.content_type,
+        headers=headers,
+    )
+
+
+async def _start_unless_disconnected(
+    request: Request[Any, Any, Any], live: LiveResponse, job: Job, worker: Worker
+) -> Any:
+    """Wait for the target's answer; if the client leaves first, cancel the job and say None."""
+    answer = asyncio.ensure_future(live.start())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if answer.done():
+        return answer.result()
+    answer.cancel()
+    with contextlib.suppress(Exception):
+        await worker.cancel(job.id)
+    worker.forget(job.id)
+    return None
+
+
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _relay(live: LiveResponse, job: Job, worker: Worker) -> AsyncIterator[bytes]:
+    """The target's chunks as they come; a client that goes away aborts the upstream request."""
+    finished = False
+    try:
+        async for chunk in live.chunks():
+            yield chunk
+        finished = True
+    finally:
+        worker.forget(job.id)
+        if not finished:
+            # We may be inside a cancelled scope here: hand the abort to a task of its own.
+            asyncio.get_running_loop().create_task(_cancel_quietly(worker, job.id))
+
+
+async def _cancel_quietly(worker: Worker, job_id: str) -> None:
+    with contextlib.suppress(Exception):
+        await worker.cancel(job_id)
