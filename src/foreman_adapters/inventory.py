@@ -33,11 +33,20 @@ class PollingModelInventory:
     request pair, so a burst of unknown-model checks does not stampede the target.
     """
 
+    POLL_TIMEOUT = 5.0
+    """Seconds a poll may take; a target that accepts connections but never answers is down."""
+
     def __init__(
-        self, target: OllamaTarget, interval: float, logger: logging.Logger | None = None
+        self,
+        target: OllamaTarget,
+        interval: float,
+        logger: logging.Logger | None = None,
+        *,
+        poll_timeout: float = POLL_TIMEOUT,
     ) -> None:
         self._target = target
         self._interval = interval
+        self._poll_timeout = poll_timeout
         self._log = logger or logging.getLogger(__name__)
         self._tags: dict[str, Any] = {"models": []}
         self._ps: dict[str, Any] = {"models": []}
@@ -89,7 +98,11 @@ class PollingModelInventory:
 
     async def _poll(self) -> None:
         try:
-            tags, ps = await asyncio.gather(self._target.tags(), self._target.ps())
+            async with asyncio.timeout(self._poll_timeout):
+                tags, ps = await asyncio.gather(self._target.tags(), self._target.ps())
+        except TimeoutError:
+            self._mark_degraded(TimeoutError(f"no answer within {self._poll_timeout:g} s"))
+            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure of the target leaves the last good copy

@@ -21,9 +21,6 @@ from foreman_app.routes import ROUTES
 
 logger = logging.getLogger("foreman.app")
 
-FIRST_POLL_TIMEOUT = 5.0
-"""Seconds start-up waits for the first inventory poll; a slow target only delays it this long."""
-
 
 def create_app(
     container: Container, extra_routes: list[ControllerRouterHandler] | None = None
@@ -53,6 +50,7 @@ def dependencies(container: Container) -> dict[str, Provide]:
         "inventory": container.inventory,
         "worker": container.worker,
         "webhooks": container.webhook_dispatcher,
+        "jobs": container.async_jobs,
     }
     return {name: _provide(provider) for name, provider in providers.items()}
 
@@ -93,12 +91,14 @@ def _lifespan(container: Container) -> Callable[[Litestar], contextlib.AbstractA
 
 
 async def _first_poll(inventory: Any) -> None:
-    """Fill the inventory before the first request; an unreachable target leaves it degraded."""
-    try:
-        async with asyncio.timeout(FIRST_POLL_TIMEOUT):
-            await inventory.refresh()
-    except Exception:
-        logger.warning("first inventory poll failed; starting degraded", exc_info=True)
+    """Fill the inventory before the first request; an unreachable target leaves it degraded.
+
+    A poll gives up after the inventory's poll timeout, so a target that never answers only
+    delays start-up that long.
+    """
+    await inventory.refresh()
+    if inventory.degraded:
+        logger.warning("the target did not answer the first inventory poll; starting degraded")
 
 
 async def _warm(container: Container, model: str) -> None:

@@ -155,3 +155,24 @@ async def test_run_polls_every_interval_until_cancelled(sim: SimulatedOllama) ->
             await task
     assert sim.requests["/api/ps"] >= 3
     assert [m["name"] for m in inventory.tags()["models"]] == [m.name for m in DEFAULT_MODELS]
+
+
+async def test_a_target_that_never_answers_degrades_after_the_poll_timeout() -> None:
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        accepted.set()
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, ollama_http_client(f"http://127.0.0.1:{port}") as http:
+        inventory = PollingModelInventory(OllamaTarget(http), interval=60, poll_timeout=0.2)
+        await inventory.refresh()
+        assert accepted.is_set()
+        assert inventory.degraded
+        assert inventory.tags() == {"models": []}
+        assert await inventory.has_model("llama3.2") is False
+        for writer in held:
+            writer.close()
