@@ -13,7 +13,7 @@ import uvicorn
 
 from foreman_app.app import create_app
 from foreman_app.config import ConfigError, Settings
-from foreman_app.container import build_container
+from foreman_app.container import Container, build_container
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -24,20 +24,22 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 logger = logging.getLogger("foreman.server")
 
 
+class StartupFailed(Exception):
+    """foreman cannot start; the message is the one line to print, `status` the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def serve(environ: Mapping[str, str] | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; the exit status (2: invalid configuration)."""
     try:
-        settings = Settings.from_env(os.environ if environ is None else environ)
-    except ConfigError as exc:
-        print(f"foreman: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    configure_logging(settings.log_level)
-    container = build_container(settings)
-    try:
-        container.store()  # open the database now: a bad path is one line, not a traceback
-    except Exception as exc:
-        print(f"foreman: cannot open the database {settings.db_path}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        container = configured_container(os.environ if environ is None else environ)
+    except StartupFailed as failure:
+        print(f"foreman: {failure}", file=sys.stderr)
+        return failure.status
+    settings = container.settings()
     logger.info(
         "foreman: target %s, database %s, auth %s",
         settings.ollama_url,
@@ -47,9 +49,32 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
     return run_uvicorn(create_app(container), settings)
 
 
-def demo() -> int:
-    """Run the server in front of the built-in simulated Ollama (not written yet)."""
-    raise NotImplementedError("foreman demo is not implemented yet")
+def demo(environ: Mapping[str, str] | None = None) -> int:
+    """Run the server in front of the built-in simulated Ollama, with sample jobs (demo.py)."""
+    from foreman_app.demo import run_demo  # demo.py builds on this module: import it late
+
+    return run_demo(environ)
+
+
+def configured_container(environ: Mapping[str, str]) -> Container:
+    """Settings read from `environ`, logging configured, the database opened: ready to serve.
+
+    Raises `StartupFailed` (status 2 for an invalid variable, 1 for a database that cannot be
+    opened) with a one-line message instead of a traceback.
+    """
+    try:
+        settings = Settings.from_env(environ)
+    except ConfigError as exc:
+        raise StartupFailed(str(exc), EXIT_BAD_CONFIG) from None
+    configure_logging(settings.log_level)
+    container = build_container(settings)
+    try:
+        container.store()  # open the database now: a bad path is one line, not a traceback
+    except Exception as exc:
+        raise StartupFailed(
+            f"cannot open the database {settings.db_path}: {exc}", EXIT_FAILED
+        ) from None
+    return container
 
 
 def configure_logging(level: str) -> None:
@@ -76,9 +101,10 @@ def configure_logging(level: str) -> None:
     )
 
 
-def run_uvicorn(app: object, settings: Settings) -> int:
-    """Serve `app` on the configured address until a signal asks to stop."""
-    config = uvicorn.Config(
+def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves foreman: the configured address, foreman's logging, a graceful stop
+    bounded by FOREMAN_SHUTDOWN_GRACE."""
+    return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.listen_host,
         port=settings.listen_port,
@@ -88,11 +114,15 @@ def run_uvicorn(app: object, settings: Settings) -> int:
         server_header=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace.total_seconds())),
     )
-    server = uvicorn.Server(config)
+
+
+def run_uvicorn(app: object, settings: Settings) -> int:
+    """Serve `app` on the configured address until a signal asks to stop."""
+    server = uvicorn.Server(uvicorn_config(app, settings))
     try:
         with _signals_end_quietly():
             server.run()
-    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot bind
         return exc.code if isinstance(exc.code, int) else EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
 
