@@ -15,6 +15,7 @@ from foreman_adapters.inventory import PollingModelInventory
 from foreman_adapters.ollama import OllamaTarget, ollama_http_client
 from foreman_adapters.sqlite_store import SqliteJobStore
 from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy
+from foreman_app.async_jobs import AsyncJobs
 from foreman_app.config import Settings
 from foreman_core.clock import SystemClock, UlidGenerator
 from foreman_core.retry import RetryPolicy
@@ -77,6 +78,18 @@ class Container(containers.DeclarativeContainer):
         policy=retry_policy,
         max_wait=settings.provided.max_wait,
         on_transition=webhook_dispatcher.provided.wake,
+    )
+
+    async_jobs = providers.Singleton(
+        AsyncJobs,
+        settings=settings,
+        clock=clock,
+        ids=ids,
+        store=store,
+        inventory=inventory,
+        worker=worker,
+        webhooks=webhook_dispatcher,
+        webhook_policy=webhook_policy,
     )
 
 

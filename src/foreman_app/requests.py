@@ -17,7 +17,7 @@ def json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequest("missing request body")
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest("request body must be a JSON object")

@@ -54,6 +54,12 @@ def job_summary_view(job: Job) -> dict[str, Any]:
     }
 
 
+def job_listing_view(job: Job, queue_position: int | None) -> dict[str, Any]:
+    """A job in GET /jobs: the job object without `result` and `artifacts` (which can be
+    large; GET /jobs/{id} has them), plus `sync`."""
+    return {**job_summary_view(job), "queue_position": queue_position}
+
+
 def queue_view(summary: QueueSummary, resident: list[str], now: datetime) -> dict[str, Any]:
     """What GET /queue returns: what runs now and what waits."""
     oldest = summary.oldest_queued_at

@@ -5,8 +5,15 @@ from __future__ import annotations
 from litestar.types import ControllerRouterHandler
 
 from foreman_app.routes.health import banner, healthz
+from foreman_app.routes.jobs import JOB_ROUTES
 from foreman_app.routes.ollama_proxy import PROXY_ROUTES
-from foreman_app.routes.queued import chat, generate
+from foreman_app.routes.queued import queued_inference
 
-ROUTES: list[ControllerRouterHandler] = [banner, healthz, chat, generate, *PROXY_ROUTES]
+ROUTES: list[ControllerRouterHandler] = [
+    banner,
+    healthz,
+    queued_inference,
+    *JOB_ROUTES,
+    *PROXY_ROUTES,
+]
 """Every route `create_app` serves."""

@@ -21,8 +21,11 @@ from foreman_core.worker import LiveResponse, ResponseFailed, Worker
 JOB_ID_HEADER = "X-Foreman-Job-Id"
 
 
-@post("/api/chat", status_code=200)
-async def chat(
+KIND_OF_ROUTE = {"/api/chat": CHAT, "/api/generate": GENERATE}
+
+
+@post(list(KIND_OF_ROUTE), status_code=200)
+async def queued_inference(
     request: Request[Any, Any, Any],
     settings: NamedDependency[Settings],
     store: NamedDependency[JobStore],
@@ -31,22 +34,9 @@ async def chat(
     clock: NamedDependency[Clock],
     ids: NamedDependency[IdGenerator],
 ) -> Response[bytes]:
-    """Ollama's chat, through the queue."""
-    return await run_queued(CHAT, request, settings, store, worker, inventory, clock, ids)
-
-
-@post("/api/generate", status_code=200)
-async def generate(
-    request: Request[Any, Any, Any],
-    settings: NamedDependency[Settings],
-    store: NamedDependency[JobStore],
-    worker: NamedDependency[Worker],
-    inventory: NamedDependency[ModelInventory],
-    clock: NamedDependency[Clock],
-    ids: NamedDependency[IdGenerator],
-) -> Response[bytes]:
-    """Ollama's generate, through the queue."""
-    return await run_queued(GENERATE, request, settings, store, worker, inventory, clock, ids)
+    """Ollama's chat and generate, through the queue."""
+    kind = KIND_OF_ROUTE[request.url.path]
+    return await run_queued(kind, request, settings, store, worker, inventory, clock, ids)
 
 
 async def run_queued(
@@ -82,6 +72,9 @@ async def run_queued(
     except QueueFull as full:
         worker.forget(job.id)
         raise QueueFull(full.limit, worker.estimated_wait(full.limit)) from None
+    except BaseException:
+        worker.forget(job.id)  # the job was never stored: nobody will feed this response
+        raise
     worker.wake()
     started = await _start_unless_disconnected(request, live, job, worker)
     if started is None:
