@@ -15,7 +15,7 @@ from foreman_app.config import Settings
 from foreman_app.requests import InvalidRequest
 from foreman_app.submissions import Submission
 from foreman_app.views import job_listing_view, job_view, queue_view
-from foreman_core.errors import ModelNotFound
+from foreman_core.admission import require_model
 from foreman_core.job import Artifact, Job, JobState, new_job
 from foreman_core.ports import Clock, IdGenerator, JobStore, ModelInventory
 from foreman_core.webhooks import WebhookDispatcher
@@ -54,8 +54,7 @@ class AsyncJobs:
         Raises `ModelNotFound`, `InvalidRequest` for a webhook host the policy refuses,
         `QueueFull` and `IdempotencyConflict`.
         """
-        if not await self._inventory.has_model(submission.model):
-            raise ModelNotFound(submission.model)
+        await require_model(self._inventory, submission.model)
         if submission.state_webhook_url is not None:
             try:
                 await self._webhook_policy.check(submission.state_webhook_url)

@@ -13,7 +13,8 @@ from litestar.response import Stream
 
 from foreman_app.config import Settings
 from foreman_app.requests import ollama_request
-from foreman_core.errors import ModelNotFound, QueueFull
+from foreman_core.admission import require_model
+from foreman_core.errors import QueueFull
 from foreman_core.job import CHAT, GENERATE, INTERACTIVE_PRIORITY, Job, new_job
 from foreman_core.ports import Clock, IdGenerator, JobStore, ModelInventory
 from foreman_core.worker import LiveResponse, ResponseFailed, Worker
@@ -53,8 +54,7 @@ async def run_queued(
     body = await request.body()
     fields = ollama_request(body)
     model = fields["model"]
-    if not await inventory.has_model(model):
-        raise ModelNotFound(model)
+    await require_model(inventory, model)
     job = new_job(
         job_id=ids.new_id(),
         kind=kind,
