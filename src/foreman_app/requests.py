@@ -17,7 +17,9 @@ def json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequest("missing request body")
     try:
         value = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise InvalidRequest("invalid JSON: the body is not valid UTF-8") from None
+    except msgspec.DecodeError as exc:
         raise InvalidRequest(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest("request body must be a JSON object")

@@ -83,11 +83,7 @@ _MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$
 
 def parse_submission(body: bytes) -> Submission:
     """The body of `POST /jobs` as a typed submission; raises InvalidRequest naming the field."""
-    try:
-        fields = json_object(body)
-    except UnicodeDecodeError:
-        # msgspec reports invalid UTF-8 inside a string this way, not as a DecodeError.
-        raise InvalidRequest("invalid JSON: the body is not valid UTF-8") from None
+    fields = json_object(body)
     kind = fields.get("kind", CHAT)
     if kind not in KINDS:
         raise InvalidRequest('kind must be "chat" or "generate"')
