@@ -208,7 +208,8 @@ class Worker:
         self._log = logger or logging.getLogger("foreman.worker")
         # A safety net only: every change that matters calls wake(), and backoffs are timed.
         self._idle_recheck = idle_recheck
-        # Called after every state change the worker stores (the webhook dispatcher's wake).
+        # Called after every state change the worker stores that makes a webhook event (the
+        # webhook dispatcher's wake).
         self._on_transition = on_transition or (lambda: None)
         self._live: dict[str, LiveResponse] = {}
         self._wakeup = asyncio.Event()
@@ -252,7 +253,7 @@ class Worker:
                 break
             except StaleJob:
                 continue  # the worker moved it meanwhile: look again
-        self._on_transition()
+        self._transitioned(cancelled)
         run = self._running
         if job.state in RUNNING_STATES and run is not None and run.job.id == job_id:
             run.abort(_Abort.CANCELLED)
@@ -358,7 +359,7 @@ class Worker:
         job = self._store.claim_next(resident=self.resident, now=now, max_wait=self._max_wait)
         if job is None:
             return False
-        self._on_transition()
+        self._transitioned(job)
         live = self._live.get(job.id) if job.sync else None
         if job.sync and live is None:
             # Nobody waits for the bytes (client gone, or queued before a restart): skip it.
@@ -536,5 +537,12 @@ class Worker:
         except StaleJob as stale:
             self._log.info("job %s: now %s; the worker leaves it", job.id, stale.actual)
             return None
-        self._on_transition()
+        self._transitioned(saved)
         return saved
+
+    def _transitioned(self, job: Job) -> None:
+        """Call `on_transition` if the store made a webhook event of `job`'s latest change."""
+        # Only async jobs with a webhook have events (job.state_change); waking the dispatcher
+        # for the others would put an outbox query on the path of every sync request.
+        if job.webhook_url is not None and not job.sync:
+            self._on_transition()

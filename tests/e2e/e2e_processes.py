@@ -218,3 +218,54 @@ class ForemanServer:
     def log(self) -> str:
         """Everything the server wrote to stdout and stderr."""
         return self._log_path.read_text(errors="replace")
+
+
+FINISHED_STATES = ("done", "failed", "cancelled")
+
+
+class JobsApi:
+    """foreman's job routes over HTTP (`/jobs`), for tests that watch jobs, sync ones included."""
+
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+
+    def submit(self, body: Mapping[str, Any]) -> str:
+        """POST /jobs; the new job's id (fails the test unless the answer is 202)."""
+        response = httpx.post(f"{self.url}/jobs", json=dict(body), headers=self.headers, timeout=10)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """GET /jobs/{id}: the job object."""
+        response = httpx.get(f"{self.url}/jobs/{job_id}", headers=self.headers, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def list(self, state: str | None = None) -> list[dict[str, Any]]:
+        """GET /jobs (newest first), optionally in one state; the first 1000."""
+        params = {"limit": "1000", **({"state": state} if state else {})}
+        response = httpx.get(f"{self.url}/jobs", params=params, headers=self.headers, timeout=10)
+        response.raise_for_status()
+        return response.json()["jobs"]
+
+    def wait_for_state(
+        self, job_id: str, states: tuple[str, ...] = FINISHED_STATES, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """Poll GET /jobs/{id} until the job is in one of `states`; the job object."""
+
+        def reached() -> dict[str, Any] | None:
+            job = self.get(job_id)
+            return job if job["state"] in states else None
+
+        return wait_until(reached, timeout, f"job {job_id} to be {'/'.join(states)}")
+
+    def wait_for_queued(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Poll until exactly `count` jobs are queued; those jobs, oldest first."""
+
+        def reached() -> tuple[list[dict[str, Any]]] | None:
+            queued = self.list("queued")
+            # wrapped in a tuple: an empty list is a result too, not a falsy "not yet"
+            return (list(reversed(queued)),) if len(queued) == count else None
+
+        return wait_until(reached, timeout, f"{count} queued jobs")[0]

@@ -25,9 +25,9 @@ streaming liveness, mid-stream breaks or client disconnects, serve on a socket.
 
 Counters: `swaps`, `max_inflight_generate`, `max_inflight_embed`, `inflight_generate`, `held`,
 `aborted` (generations cut short by a client disconnect), `requests` (a Counter by path),
-`generations` (GenerationRecord: model, requested name, kind, outcome done|aborted|failed, in
-order) and `completed` (models of the done ones, in order). `await sim.wait_for(predicate)`
-waits for a state (all changes wake it).
+`generations` (GenerationRecord: model, requested name, kind, outcome done|aborted|failed,
+prompt, in order) and `completed` (models of the done ones, in order).
+`await sim.wait_for(predicate)` waits for a state (all changes wake it).
 
 Faults (they apply to chat and generate only, except `down`):
     drop_connections(n)     reset the connection before answering (under ASGITransport the app

@@ -65,12 +65,16 @@ ROUTES: Mapping[str, Mapping[str, Handler]] = {
 
 @dataclass(frozen=True, slots=True)
 class GenerationRecord:
-    """One chat or generate request that ran: `outcome` is done, aborted or failed."""
+    """One chat or generate request that ran: `outcome` is done, aborted or failed.
+
+    `prompt` is the generate prompt or the chat's last message content (what `reply` reads).
+    """
 
     model: str
     requested: str
     kind: str
     outcome: str
+    prompt: str = ""
 
 
 class SimulatedOllama:
@@ -289,7 +293,7 @@ class SimulatedOllama:
     def record(self, plan: Plan, outcome: str) -> None:
         """Log a generation that ran to `outcome`."""
         self.generations.append(
-            GenerationRecord(plan.model.name, plan.requested, plan.kind, outcome)
+            GenerationRecord(plan.model.name, plan.requested, plan.kind, outcome, plan.prompt)
         )
         if outcome == "aborted":
             self.aborted += 1
