@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from sqlite_utils import Database
 
 from foreman_core import job as jobs
+from foreman_core.clock import is_ulid
 from foreman_core.errors import (
     ArtifactNotFound,
     IdempotencyConflict,
@@ -38,7 +39,6 @@ from foreman_core.ports import (
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 BUSY_TIMEOUT_MS = 5000
 
 JOB_COLUMNS = (
@@ -113,7 +113,7 @@ def _to_us(moment: datetime) -> int:
 
 
 def _to_us_or_none(moment: datetime | None) -> int | None:
-    return None if moment is None else (moment - _EPOCH) // _MICROSECOND
+    return None if moment is None else _to_us(moment)
 
 
 def _from_us(value: int) -> datetime:
@@ -121,7 +121,7 @@ def _from_us(value: int) -> datetime:
 
 
 def _from_us_or_none(value: int | None) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=value)
+    return None if value is None else _from_us(value)
 
 
 def job_row(job: Job) -> tuple[Any, ...]:
@@ -188,10 +188,6 @@ def _event_from_row(row: Sequence[Any]) -> PendingDelivery:
         error=row[8],
     )
     return PendingDelivery(event, delivery_attempts=row[9], next_attempt_at=_from_us(row[10]))
-
-
-def _is_cursor(cursor: str) -> bool:
-    return len(cursor) == 26 and all(c in _CROCKFORD for c in cursor)
 
 
 # -- schema ---------------------------------------------------------------------------------
@@ -467,10 +463,7 @@ class SqliteJobStore:
         with self._transaction() as conn:
             recovered = []
             for job in _running(conn):
-                if job.sync or job.attempts >= job.max_attempts:
-                    ended = jobs.fail(job, now, self.INTERRUPTED)
-                else:
-                    ended = jobs.requeue(job, now, not_before=now, error=self.INTERRUPTED)
+                ended = jobs.end_interrupted(job, now, self.INTERRUPTED)
                 recovered.append(self._update(conn, job, ended))
             return recovered
 
@@ -503,7 +496,7 @@ class SqliteJobStore:
         cursor: str | None = None,
     ) -> JobPage:
         """Jobs newest first by id, filtered, paged by cursor (the last id of the page before)."""
-        if cursor is not None and not _is_cursor(cursor):
+        if cursor is not None and not is_ulid(cursor):
             raise ValueError(f"invalid cursor {cursor!r}")
         conditions, params = [], []
         if state is not None:

@@ -8,6 +8,12 @@ import time
 from datetime import UTC, datetime
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_SET = frozenset(_CROCKFORD)
+
+
+def is_ulid(text: str) -> bool:
+    """Whether `text` has the shape of an id `UlidGenerator` makes: 26 Crockford base32 digits."""
+    return len(text) == 26 and all(c in _CROCKFORD_SET for c in text)
 
 
 class SystemClock:

@@ -210,6 +210,14 @@ def requeue(job: Job, now: datetime, *, not_before: datetime, error: str) -> Job
     return _move(job, JobState.QUEUED, now, not_before=not_before, error=error, started_at=None)
 
 
+def end_interrupted(job: Job, now: datetime, error: str) -> Job:
+    """After a crash, a job left loading or working: back to the queue (the interrupted attempt
+    counts), or failed when it is sync (its client has gone) or has used all its attempts."""
+    if job.sync or job.attempts >= job.max_attempts:
+        return fail(job, now, error)
+    return requeue(job, now, not_before=now, error=error)
+
+
 def cancel(job: Job, now: datetime) -> Job:
     """Stop a job that has not finished; a queued one never runs."""
     return _move(job, JobState.CANCELLED, now)

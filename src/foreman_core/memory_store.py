@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from foreman_core import job as jobs
+from foreman_core.clock import is_ulid
 from foreman_core.errors import (
     ArtifactNotFound,
     IdempotencyConflict,
@@ -111,10 +112,7 @@ class InMemoryJobStore:
         with self._lock:
             recovered = []
             for job in [j for j in self._jobs.values() if j.state in RUNNING_STATES]:
-                if job.sync or job.attempts >= job.max_attempts:
-                    ended = jobs.fail(job, now, self.INTERRUPTED)
-                else:
-                    ended = jobs.requeue(job, now, not_before=now, error=self.INTERRUPTED)
+                ended = jobs.end_interrupted(job, now, self.INTERRUPTED)
                 recovered.append(self._write(job, ended))
             return recovered
 
@@ -156,7 +154,7 @@ class InMemoryJobStore:
         cursor: str | None = None,
     ) -> JobPage:
         """Jobs newest first, filtered, paged by cursor."""
-        if cursor is not None and not _is_cursor(cursor):
+        if cursor is not None and not is_ulid(cursor):
             raise ValueError(f"invalid cursor {cursor!r}")
         wanted_model = normalize_model(model) if model else None
         with self._lock:
@@ -192,10 +190,10 @@ class InMemoryJobStore:
     def summary(self) -> QueueSummary:
         """Running jobs and queued counts per model and priority."""
         with self._lock:
-            counts: dict[tuple[str, int], int] = {}
-            for job in self._queued():
-                counts[(job.model, job.priority)] = counts.get((job.model, job.priority), 0) + 1
             queued = self._queued()
+            counts: dict[tuple[str, int], int] = {}
+            for job in queued:
+                counts[(job.model, job.priority)] = counts.get((job.model, job.priority), 0) + 1
             return QueueSummary(
                 running=[j for j in self._jobs.values() if j.state in RUNNING_STATES],
                 queued=[QueuedGroup(m, p, n) for (m, p), n in sorted(counts.items())],
@@ -230,15 +228,19 @@ class InMemoryJobStore:
     def due_deliveries(self, now: datetime, limit: int = 100) -> list[PendingDelivery]:
         """Each job's oldest undelivered event whose time has come."""
         with self._lock:
-            heads: dict[str, _Delivery] = {}
-            for delivery in self._outbox:
-                if not delivery.done and delivery.event.job_id not in heads:
-                    heads[delivery.event.job_id] = delivery
             due = sorted(
-                (d for d in heads.values() if d.next_attempt_at <= now),
+                (d for d in self._heads() if d.next_attempt_at <= now),
                 key=lambda d: (d.next_attempt_at, d.seq),
             )
             return [PendingDelivery(d.event, d.attempts, d.next_attempt_at) for d in due[:limit]]
+
+    def _heads(self) -> list[_Delivery]:
+        """Each job's oldest undelivered event: the only one of a job that may be sent."""
+        heads: dict[str, _Delivery] = {}
+        for delivery in self._outbox:
+            if not delivery.done and delivery.event.job_id not in heads:
+                heads[delivery.event.job_id] = delivery
+        return list(heads.values())
 
     def _delivery(self, event_id: str) -> _Delivery:
         for delivery in self._outbox:
@@ -268,12 +270,4 @@ class InMemoryJobStore:
     def next_delivery_at(self) -> datetime | None:
         """When the next undelivered event falls due."""
         with self._lock:
-            heads: dict[str, _Delivery] = {}
-            for delivery in self._outbox:
-                if not delivery.done and delivery.event.job_id not in heads:
-                    heads[delivery.event.job_id] = delivery
-            return min((d.next_attempt_at for d in heads.values()), default=None)
-
-
-def _is_cursor(cursor: str) -> bool:
-    return len(cursor) == 26 and all(c in "0123456789ABCDEFGHJKMNPQRSTVWXYZ" for c in cursor)
+            return min((d.next_attempt_at for d in self._heads()), default=None)
