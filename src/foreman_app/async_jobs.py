@@ -7,7 +7,6 @@ keeps `POST /jobs` fast: Litestar resolves each dependency of a request as a tas
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from foreman_adapters.webhooks import WebhookHostPolicy, WebhookUrlRefused
@@ -16,6 +15,7 @@ from foreman_app.requests import InvalidRequest
 from foreman_app.submissions import Submission
 from foreman_app.views import job_listing_view, job_view, queue_view
 from foreman_core.admission import require_model
+from foreman_core.errors import QueueFull
 from foreman_core.job import Artifact, Job, JobState, new_job
 from foreman_core.ports import Clock, IdGenerator, JobStore, ModelInventory
 from foreman_core.webhooks import WebhookDispatcher
@@ -52,7 +52,7 @@ class AsyncJobs:
         """Queue the job durably and return it (or the earlier job of the same key).
 
         Raises `ModelNotFound`, `InvalidRequest` for a webhook host the policy refuses,
-        `QueueFull` and `IdempotencyConflict`.
+        `QueueFull` (with the worker's estimate of when to come back) and `IdempotencyConflict`.
         """
         await require_model(self._inventory, submission.model)
         if submission.state_webhook_url is not None:
@@ -73,14 +73,13 @@ class AsyncJobs:
             webhook_url=submission.state_webhook_url,
             idempotency_key=idempotency_key,
         )
-        stored = self._store.add(job, max_queued=self._settings.max_queue)
+        try:
+            stored = self._store.add(job, max_queued=self._settings.max_queue)
+        except QueueFull as full:
+            raise QueueFull(full.limit, self._worker.estimated_wait(1)) from None
         self._worker.wake()
         self._webhooks.wake()
         return stored
-
-    def retry_after(self, queued: int) -> int:
-        """Whole seconds a client refused for a full queue should wait before trying again."""
-        return math.ceil(self._worker.estimated_wait(queued))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The job object; raises `JobNotFound`."""

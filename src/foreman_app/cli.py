@@ -131,8 +131,17 @@ class Target:
     token: str | None
 
     def client(self, ctx: click.Context) -> ForemanClient:
-        """A client closed when the command ends."""
-        return ctx.with_resource(make_client(self.url, self.token))
+        """A client closed when the command ends; a bad `--url` is a usage mistake.
+
+        The URL is checked here, not when the group parses it, so that a FOREMAN_URL meant for
+        the client commands cannot stop `foreman serve` or `foreman demo` from starting.
+        """
+        try:
+            url = base_url(self.url)
+        except ValueError as exc:
+            hint = "'--url' (env var: 'FOREMAN_URL')"
+            raise click.BadParameter(str(exc), ctx.find_root(), param_hint=hint) from exc
+        return ctx.with_resource(make_client(url, self.token))
 
 
 class JobIdType(click.ParamType):
@@ -151,13 +160,6 @@ class JobIdType(click.ParamType):
 JOB_ID = JobIdType()
 
 
-def _valid_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        return base_url(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from exc
-
-
 @click.group(cls=ForemanGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="foreman", prog_name="foreman")
 @click.option(
@@ -166,7 +168,6 @@ def _valid_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default="http://127.0.0.1:8080",
     show_default=True,
     show_envvar=True,
-    callback=_valid_url,
     help="foreman server for the client commands.",
 )
 @click.option(
@@ -234,6 +235,8 @@ def submit(
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait")
+    if not model.strip():
+        raise click.UsageError("-m/--model cannot be empty")
     if prompt == "-":
         prompt = sys.stdin.read()
     client = target.client(click.get_current_context())

@@ -6,19 +6,20 @@ names the variable and the value, so `foreman serve` can refuse to start with on
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURATION_EXAMPLES = "examples: 500ms, 30s, 5m, 1h30m"
 SIZE_EXAMPLES = "examples: 1048576, 512KiB, 32MiB, 1GB"
+MAX_INT = 2**63 - 1
+"""Largest integer setting: they are stored in SQLite, whose integers are 64-bit."""
 
 _DURATION_UNITS = {
     "ns": 1e-9,
@@ -53,16 +54,20 @@ def parse_duration(text: str) -> timedelta:
     """A Go-style duration (`500ms`, `1h30m`, `1.5h`) or a bare number of seconds."""
     text = text.strip()
     if _BARE_NUMBER.fullmatch(text):
-        return timedelta(seconds=float(text))
-    position, seconds = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            break
-        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        position = match.end()
-    if not text or position != len(text) or not math.isfinite(seconds):
-        raise ValueError(f"invalid duration {text!r}")
-    return timedelta(seconds=seconds)
+        seconds = float(text)
+    else:
+        position, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != position:
+                break
+            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            position = match.end()
+        if not text or position != len(text):
+            raise ValueError(f"invalid duration {text!r}")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # also infinity: more than timedelta holds
+        raise ValueError(f"invalid duration {text!r} (too long)") from None
 
 
 def parse_size(text: str) -> int:
@@ -71,7 +76,10 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError(f"invalid size {text!r}")
     number, unit = float(match.group(1)), (match.group(2) or "b").lower()
-    return int(number * _SIZE_UNITS[unit])
+    try:
+        return int(number * _SIZE_UNITS[unit])
+    except OverflowError:  # infinity
+        raise ValueError(f"invalid size {text!r}") from None
 
 
 def parse_listen_addr(text: str) -> tuple[str, int]:
@@ -95,6 +103,14 @@ def parse_http_url(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"invalid URL {text!r} (expected http://host[:port])")
     return url.rstrip("/")
+
+
+def without_credentials(url: str) -> str:
+    """`url` with any `user:password@` removed, for showing it where secrets must not go."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def parse_token_list(text: str) -> tuple[str, ...]:
@@ -210,9 +226,12 @@ class _Environment:
 
     def integer(self, name: str, default: int, *, minimum: int) -> int:
         def parse(text: str) -> int:
-            if not text.strip().isdigit() or int(text) < minimum:
-                raise ValueError(f"invalid value {text!r} (expected an integer >= {minimum})")
-            return int(text)
+            digits = text.strip()
+            if not (digits.isascii() and digits.isdigit()) or not minimum <= int(digits) <= MAX_INT:
+                raise ValueError(
+                    f"invalid value {text!r} (expected an integer from {minimum} to 2**63-1)"
+                )
+            return int(digits)
 
         return self.read(name, parse, default)
 

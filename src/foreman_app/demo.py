@@ -9,8 +9,8 @@ the exit status is 0.
 
 Every FOREMAN_* variable is honoured except FOREMAN_OLLAMA_URL, which is always the simulator.
 Unless set, the database is a temporary file deleted at the end, the inventory is polled every
-second (so `foreman ps` follows the swaps) and the log level is `warning` (so request logs do not
-bury the demo's own lines).
+second (so `foreman ps` follows the swaps), the log level is `warning` (so request logs do not
+bury the demo's own lines) and the shutdown grace is 3 s (so Ctrl-C stops it promptly).
 """
 
 from __future__ import annotations

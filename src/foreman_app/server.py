@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from foreman_app.app import create_app
-from foreman_app.config import ConfigError, Settings
+from foreman_app.config import ConfigError, Settings, without_credentials
 from foreman_app.container import Container, build_container
 
 EXIT_OK = 0
@@ -42,7 +42,7 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
     settings = container.settings()
     logger.info(
         "foreman: target %s, database %s, auth %s",
-        settings.ollama_url,
+        without_credentials(settings.ollama_url),
         settings.db_path,
         "on" if settings.auth_tokens else "off",
     )

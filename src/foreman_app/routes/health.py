@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
 
 from foreman_app.auth import PUBLIC
-from foreman_app.config import Settings
+from foreman_app.config import Settings, without_credentials
 from foreman_core.ports import ModelInventory
 
 
@@ -24,4 +24,5 @@ async def healthz(
     settings: NamedDependency[Settings], inventory: NamedDependency[ModelInventory]
 ) -> dict[str, Any]:
     """foreman is up; `degraded` while the Ollama target cannot be reached."""
-    return {"status": "ok", "degraded": inventory.degraded, "target": settings.ollama_url}
+    target = without_credentials(settings.ollama_url)  # the route needs no token
+    return {"status": "ok", "degraded": inventory.degraded, "target": target}

@@ -15,14 +15,13 @@ from litestar.params import FromPath
 from litestar.status_codes import (
     HTTP_202_ACCEPTED,
     HTTP_409_CONFLICT,
-    HTTP_503_SERVICE_UNAVAILABLE,
 )
 
 from foreman_app.async_jobs import AsyncJobs
 from foreman_app.errors import JSON, error_response
 from foreman_app.requests import InvalidRequest
 from foreman_app.submissions import parse_submission
-from foreman_core.errors import InvalidTransition, QueueFull
+from foreman_core.errors import InvalidTransition
 from foreman_core.job import JobState
 
 DEFAULT_LIMIT = 50
@@ -54,13 +53,7 @@ class JobsController(Controller):
         body = await request.body()
         submission = parse_submission(body)
         key = idempotency_key(request)
-        try:
-            job = await jobs.submit(submission, body, key)
-        except QueueFull as exc:
-            retry_after = jobs.retry_after(exc.limit)
-            return error_response(
-                HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": str(retry_after)}
-            )
+        job = await jobs.submit(submission, body, key)
         return json_response({"job_id": job.id}, HTTP_202_ACCEPTED, {"Location": f"/jobs/{job.id}"})
 
     @get("/")

@@ -20,11 +20,11 @@ from litestar.response import Stream
 
 from foreman_adapters.inventory import PollingModelInventory
 from foreman_adapters.ollama import OllamaTarget
+from foreman_app.errors import JSON
 from foreman_app.requests import InvalidRequest, json_object
 from foreman_core.errors import TargetError
 
 NDJSON = "application/x-ndjson"
-JSON = "application/json; charset=utf-8"
 
 logger = logging.getLogger("foreman.proxy")
 

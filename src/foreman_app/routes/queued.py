@@ -21,6 +21,9 @@ from foreman_core.worker import LiveResponse, ResponseFailed, Worker
 
 JOB_ID_HEADER = "X-Foreman-Job-Id"
 
+_ABORTS: set[asyncio.Task[None]] = set()
+"""Aborts of abandoned streams still running."""
+
 
 KIND_OF_ROUTE = {"/api/chat": CHAT, "/api/generate": GENERATE}
 
@@ -71,7 +74,7 @@ async def run_queued(
         store.add(job, max_queued=settings.max_queue)
     except QueueFull as full:
         worker.forget(job.id)
-        raise QueueFull(full.limit, worker.estimated_wait(full.limit)) from None
+        raise QueueFull(full.limit, worker.estimated_wait(1)) from None
     except BaseException:
         worker.forget(job.id)  # the job was never stored: nobody will feed this response
         raise
@@ -136,8 +139,11 @@ async def _relay(live: LiveResponse, job: Job, worker: Worker) -> AsyncIterator[
     finally:
         worker.forget(job.id)
         if not finished:
-            # We may be inside a cancelled scope here: hand the abort to a task of its own.
-            asyncio.get_running_loop().create_task(_cancel_quietly(worker, job.id))
+            # We may be inside a cancelled scope here: hand the abort to a task of its own,
+            # held until it ends (the loop keeps only a weak reference to a task).
+            abort = asyncio.get_running_loop().create_task(_cancel_quietly(worker, job.id))
+            _ABORTS.add(abort)
+            abort.add_done_callback(_ABORTS.discard)
 
 
 async def _cancel_quietly(worker: Worker, job_id: str) -> None:
