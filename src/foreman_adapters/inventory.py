@@ -22,7 +22,7 @@ def _name_of(entry: dict[str, Any]) -> str:
 
 def _lookup_key(name: str) -> str:
     """Ollama matches model names case-insensitively, `:latest` when untagged."""
-    return normalize_model(name).casefold()
+    return normalize_model(name)
 
 
 class PollingModelInventory:

@@ -105,8 +105,9 @@ class Job:
 
 
 def normalize_model(name: str) -> str:
-    """`llama3.2` and `llama3.2:latest` are one model; a tag after the last `/` is kept."""
-    name = name.strip()
+    """`llama3.2`, `Llama3.2` and `llama3.2:latest` are one model (Ollama compares names without
+    regard to case); a tag after the last `/` is kept."""
+    name = name.strip().lower()
     last_segment = name.rsplit("/", 1)[-1]
     return name if ":" in last_segment else f"{name}:latest"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from foreman_core.job import CHAT, Artifact, Job
@@ -31,10 +32,24 @@ def load_body(job: Job) -> bytes:
     use it (same options and keep_alive), so the real request does not reload it."""
     request: dict[str, Any] = json.loads(job.payload)
     body: dict[str, Any] = {"model": request["model"], "messages": [], "stream": False}
-    for key in ("options", "keep_alive"):
-        if key in request:
-            body[key] = request[key]
+    if "options" in request:
+        body["options"] = request["options"]
+    # keep_alive 0 would make this request an unload; the job's own request unloads after it.
+    if "keep_alive" in request and not _is_zero_duration(request["keep_alive"]):
+        body["keep_alive"] = request["keep_alive"]
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+_ZERO_DURATION = re.compile(r"(?:[0.]+(?:ns|us|µs|ms|s|m|h)?)+")
+
+
+def _is_zero_duration(value: Any) -> bool:
+    """Ollama's keep_alive of zero: the number 0 or a Go duration such as "0", "0s", "0m0s"."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value == 0
+    return isinstance(value, str) and _ZERO_DURATION.fullmatch(value.strip()) is not None
 
 
 def result_artifacts(kind: str, result: dict[str, Any]) -> list[Artifact]:

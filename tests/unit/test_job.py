@@ -235,3 +235,7 @@ def test_no_event_without_a_webhook_for_sync_jobs_or_without_a_change(before, af
     assert (event is not None) == (before != after)
     if event is not None and after != JobState.FAILED:
         assert event.error is None
+
+
+def test_model_names_are_one_model_whatever_their_case() -> None:
+    assert normalize_model("Llama3.2") == normalize_model("llama3.2:LATEST") == "llama3.2:latest"

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -103,3 +104,19 @@ def test_an_empty_answer_is_an_empty_completion() -> None:
         Artifact("completion", TEXT, b"")
     ]
     assert result_artifacts("generate", {}) == [Artifact("completion", TEXT, b"")]
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, "0", "0s", "0m0s", "0.0h"])
+def test_a_zero_keep_alive_is_not_copied_into_the_load_request(zero: object) -> None:
+    payload = json.dumps({"model": "m", "messages": [], "keep_alive": zero}).encode()
+    job = new_job(job_id="J", kind="chat", model="m", payload=payload, now=NOW)
+
+    assert "keep_alive" not in json.loads(load_body(job))
+
+
+@pytest.mark.parametrize("kept", [-1, 300, "5m", "10s", "-1m"])
+def test_any_other_keep_alive_is_copied_into_the_load_request(kept: object) -> None:
+    payload = json.dumps({"model": "m", "messages": [], "keep_alive": kept}).encode()
+    job = new_job(job_id="J", kind="chat", model="m", payload=payload, now=NOW)
+
+    assert json.loads(load_body(job))["keep_alive"] == kept
