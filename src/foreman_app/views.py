@@ -16,29 +16,9 @@ def rfc3339(moment: datetime | None) -> str | None:
     return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def job_view(
-    job: Job, artifacts: list[Artifact], queue_position: int | None, public_url: str
-) -> dict[str, Any]:
-    """The job object: what GET /jobs/{id} returns."""
-    return {
-        "job_id": job.id,
-        "kind": job.kind,
-        "model": job.model,
-        "state": str(job.state),
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "queue_position": queue_position,
-        "created_at": rfc3339(job.created_at),
-        "started_at": rfc3339(job.started_at),
-        "finished_at": rfc3339(job.finished_at),
-        "error": job.error,
-        "result": json.loads(job.result) if job.result else None,
-        "artifacts": artifact_views(job.id, artifacts, public_url),
-    }
-
-
-def job_summary_view(job: Job) -> dict[str, Any]:
-    """A job in a listing: everything but the result and the artifacts."""
+def job_listing_view(job: Job, queue_position: int | None) -> dict[str, Any]:
+    """A job in GET /jobs: the job object without `result` and `artifacts` (which can be
+    large; GET /jobs/{id} has them), plus `sync`."""
     return {
         "job_id": job.id,
         "kind": job.kind,
@@ -47,6 +27,7 @@ def job_summary_view(job: Job) -> dict[str, Any]:
         "priority": job.priority,
         "attempts": job.attempts,
         "sync": job.sync,
+        "queue_position": queue_position,
         "created_at": rfc3339(job.created_at),
         "started_at": rfc3339(job.started_at),
         "finished_at": rfc3339(job.finished_at),
@@ -54,10 +35,15 @@ def job_summary_view(job: Job) -> dict[str, Any]:
     }
 
 
-def job_listing_view(job: Job, queue_position: int | None) -> dict[str, Any]:
-    """A job in GET /jobs: the job object without `result` and `artifacts` (which can be
-    large; GET /jobs/{id} has them), plus `sync`."""
-    return {**job_summary_view(job), "queue_position": queue_position}
+def job_view(
+    job: Job, artifacts: list[Artifact], queue_position: int | None, public_url: str
+) -> dict[str, Any]:
+    """The job object: what GET /jobs/{id} returns."""
+    return {
+        **job_listing_view(job, queue_position),
+        "result": json.loads(job.result) if job.result else None,
+        "artifacts": artifact_views(job.id, artifacts, public_url),
+    }
 
 
 def queue_view(summary: QueueSummary, resident: list[str], now: datetime) -> dict[str, Any]:
@@ -65,7 +51,7 @@ def queue_view(summary: QueueSummary, resident: list[str], now: datetime) -> dic
     oldest = summary.oldest_queued_at
     return {
         "resident": resident,
-        "running": job_summary_view(summary.running[0]) if summary.running else None,
+        "running": job_listing_view(summary.running[0], None) if summary.running else None,
         "queued": [
             {"model": group.model, "priority": group.priority, "count": group.count}
             for group in summary.queued

@@ -68,37 +68,18 @@ async def embeddings(request: Request_, target: NamedDependency[OllamaTarget]) -
     return await relay(target, "POST", "/api/embeddings", await _body_naming_model(request))
 
 
-@post("/api/pull", status_code=200)
-async def pull(
+STREAMED_MODEL_ROUTES = ("/api/pull", "/api/push", "/api/create")
+
+
+@post(list(STREAMED_MODEL_ROUTES), status_code=200)
+async def manage_model(
     request: Request_,
     target: NamedDependency[OllamaTarget],
     inventory: NamedDependency[PollingModelInventory],
 ) -> Response[Any]:
-    """Download a model on the target (streamed progress)."""
+    """Pull, push or create a model on the target (streamed progress), then refresh."""
     body = await _body_naming_model(request)
-    return await relay(target, "POST", "/api/pull", body, after=_refresher(inventory))
-
-
-@post("/api/push", status_code=200)
-async def push(
-    request: Request_,
-    target: NamedDependency[OllamaTarget],
-    inventory: NamedDependency[PollingModelInventory],
-) -> Response[Any]:
-    """Upload a model from the target to a registry (streamed progress)."""
-    body = await _body_naming_model(request)
-    return await relay(target, "POST", "/api/push", body, after=_refresher(inventory))
-
-
-@post("/api/create", status_code=200)
-async def create(
-    request: Request_,
-    target: NamedDependency[OllamaTarget],
-    inventory: NamedDependency[PollingModelInventory],
-) -> Response[Any]:
-    """Create a model on the target (streamed progress)."""
-    body = await _body_naming_model(request)
-    return await relay(target, "POST", "/api/create", body, after=_refresher(inventory))
+    return await relay(target, "POST", request.url.path, body, after=_refresher(inventory))
 
 
 @post("/api/copy", status_code=200)
@@ -131,9 +112,7 @@ PROXY_ROUTES = [
     show,
     embed,
     embeddings,
-    pull,
-    push,
-    create,
+    manage_model,
     copy,
     delete_model,
 ]
