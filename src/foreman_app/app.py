@@ -51,6 +51,7 @@ def dependencies(container: Container) -> dict[str, Provide]:
         "worker": container.worker,
         "webhooks": container.webhook_dispatcher,
         "jobs": container.async_jobs,
+        "sync_jobs": container.sync_jobs,
     }
     return {name: _provide(provider) for name, provider in providers.items()}
 

@@ -17,6 +17,7 @@ from foreman_adapters.sqlite_store import SqliteJobStore
 from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy
 from foreman_app.async_jobs import AsyncJobs
 from foreman_app.config import Settings
+from foreman_app.sync_jobs import SyncJobs
 from foreman_core.clock import SystemClock, UlidGenerator
 from foreman_core.retry import RetryPolicy
 from foreman_core.webhooks import WebhookDispatcher
@@ -90,6 +91,15 @@ class Container(containers.DeclarativeContainer):
         worker=worker,
         webhooks=webhook_dispatcher,
         webhook_policy=webhook_policy,
+    )
+    sync_jobs = providers.Singleton(
+        SyncJobs,
+        settings=settings,
+        clock=clock,
+        ids=ids,
+        store=store,
+        inventory=inventory,
+        worker=worker,
     )
 
 

@@ -11,12 +11,9 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
-from foreman_app.config import Settings
 from foreman_app.requests import ollama_request
-from foreman_core.admission import require_model
-from foreman_core.errors import QueueFull
-from foreman_core.job import CHAT, GENERATE, INTERACTIVE_PRIORITY, Job, new_job
-from foreman_core.ports import Clock, IdGenerator, JobStore, ModelInventory
+from foreman_app.sync_jobs import SyncJobs
+from foreman_core.job import CHAT, GENERATE, Job
 from foreman_core.worker import LiveResponse, ResponseFailed, Worker
 
 JOB_ID_HEADER = "X-Foreman-Job-Id"
@@ -30,55 +27,13 @@ KIND_OF_ROUTE = {"/api/chat": CHAT, "/api/generate": GENERATE}
 
 @post(list(KIND_OF_ROUTE), status_code=200)
 async def queued_inference(
-    request: Request[Any, Any, Any],
-    settings: NamedDependency[Settings],
-    store: NamedDependency[JobStore],
-    worker: NamedDependency[Worker],
-    inventory: NamedDependency[ModelInventory],
-    clock: NamedDependency[Clock],
-    ids: NamedDependency[IdGenerator],
+    request: Request[Any, Any, Any], sync_jobs: NamedDependency[SyncJobs]
 ) -> Response[bytes]:
-    """Ollama's chat and generate, through the queue."""
-    kind = KIND_OF_ROUTE[request.url.path]
-    return await run_queued(kind, request, settings, store, worker, inventory, clock, ids)
-
-
-async def run_queued(
-    kind: str,
-    request: Request[Any, Any, Any],
-    settings: Settings,
-    store: JobStore,
-    worker: Worker,
-    inventory: ModelInventory,
-    clock: Clock,
-    ids: IdGenerator,
-) -> Response[bytes]:
-    """Queue the request as a sync job, wait for the worker, relay the target's answer."""
+    """Ollama's chat and generate, queued as sync jobs; the target's answer relayed live."""
     body = await request.body()
     fields = ollama_request(body)
-    model = fields["model"]
-    await require_model(inventory, model)
-    job = new_job(
-        job_id=ids.new_id(),
-        kind=kind,
-        model=model,
-        payload=body,
-        now=clock.now(),
-        options=fields.get("options") if isinstance(fields.get("options"), dict) else None,
-        priority=INTERACTIVE_PRIORITY,
-        sync=True,
-        max_attempts=settings.max_attempts,
-    )
-    live = worker.watch(job.id)
-    try:
-        store.add(job, max_queued=settings.max_queue)
-    except QueueFull as full:
-        worker.forget(job.id)
-        raise QueueFull(full.limit, worker.estimated_wait(1)) from None
-    except BaseException:
-        worker.forget(job.id)  # the job was never stored: nobody will feed this response
-        raise
-    worker.wake()
+    job, live = await sync_jobs.admit(KIND_OF_ROUTE[request.url.path], body, fields)
+    worker = sync_jobs.worker
     started = await _start_unless_disconnected(request, live, job, worker)
     if started is None:
         return Response(b"", status_code=499)
