@@ -14,7 +14,7 @@ from litestar.response import Stream
 from foreman_app.requests import ollama_request
 from foreman_app.sync_jobs import SyncJobs
 from foreman_core.job import CHAT, GENERATE, Job
-from foreman_core.worker import LiveResponse, ResponseFailed, Worker
+from foreman_core.worker import LiveResponse, ResponseFailed, ResponseStarted, Worker
 
 JOB_ID_HEADER = "X-Foreman-Job-Id"
 
@@ -62,7 +62,7 @@ async def queued_inference(
 
 async def _start_unless_disconnected(
     request: Request[Any, Any, Any], live: LiveResponse, job: Job, worker: Worker
-) -> Any:
+) -> ResponseStarted | ResponseFailed | None:
     """Wait for the target's answer; if the client leaves first, cancel the job and say None."""
     answer = asyncio.ensure_future(live.start())
     gone = asyncio.ensure_future(_disconnected(request))
