@@ -15,7 +15,6 @@ from foreman_app.requests import InvalidRequest
 from foreman_app.submissions import Submission
 from foreman_app.views import job_listing_view, job_view, queue_view
 from foreman_core.admission import require_model
-from foreman_core.errors import QueueFull
 from foreman_core.job import Artifact, Job, JobState, new_job
 from foreman_core.ports import Clock, IdGenerator, JobStore, ModelInventory
 from foreman_core.webhooks import WebhookDispatcher
@@ -73,11 +72,7 @@ class AsyncJobs:
             webhook_url=submission.state_webhook_url,
             idempotency_key=idempotency_key,
         )
-        try:
-            stored = self._store.add(job, max_queued=self._settings.max_queue)
-        except QueueFull as full:
-            raise QueueFull(full.limit, self._worker.estimated_wait(1)) from None
-        self._worker.wake()
+        stored = self._worker.enqueue(job, max_queued=self._settings.max_queue)
         self._webhooks.wake()
         return stored
 

@@ -97,7 +97,6 @@ class Container(containers.DeclarativeContainer):
         settings=settings,
         clock=clock,
         ids=ids,
-        store=store,
         inventory=inventory,
         worker=worker,
     )

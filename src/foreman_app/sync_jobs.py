@@ -1,6 +1,6 @@
 """`SyncJobs`: an Ollama chat/generate request admitted as a sync job the worker answers live.
 
-The handler of `/api/chat` and `/api/generate` takes this one object rather than the six it
+The handler of `/api/chat` and `/api/generate` takes this one object rather than the five it
 wraps: Litestar resolves each dependency of a request as a task of its own (see AsyncJobs).
 """
 
@@ -10,9 +10,8 @@ from typing import Any
 
 from foreman_app.config import Settings
 from foreman_core.admission import require_model
-from foreman_core.errors import QueueFull
 from foreman_core.job import INTERACTIVE_PRIORITY, Job, new_job
-from foreman_core.ports import Clock, IdGenerator, JobStore, ModelInventory
+from foreman_core.ports import Clock, IdGenerator, ModelInventory
 from foreman_core.worker import LiveResponse, Worker
 
 
@@ -25,14 +24,12 @@ class SyncJobs:
         settings: Settings,
         clock: Clock,
         ids: IdGenerator,
-        store: JobStore,
         inventory: ModelInventory,
         worker: Worker,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._ids = ids
-        self._store = store
         self._inventory = inventory
         self.worker = worker
 
@@ -42,7 +39,7 @@ class SyncJobs:
         """Store `body` as a sync job of `kind` and wake the worker; the job and its response.
 
         Raises `ModelNotFound` (or `TargetUnreachable` when Ollama cannot be asked) and
-        `QueueFull` with the worker's estimate of when a slot frees up.
+        `QueueFull` (see `Worker.enqueue`).
         """
         await require_model(self._inventory, fields["model"])
         options = fields.get("options")
@@ -57,14 +54,5 @@ class SyncJobs:
             sync=True,
             max_attempts=self._settings.max_attempts,
         )
-        live = self.worker.watch(job.id)
-        try:
-            self._store.add(job, max_queued=self._settings.max_queue)
-        except QueueFull as full:
-            self.worker.forget(job.id)
-            raise QueueFull(full.limit, self.worker.estimated_wait(1)) from None
-        except BaseException:
-            self.worker.forget(job.id)  # never stored: nobody will feed this response
-            raise
-        self.worker.wake()
+        live = self.worker.enqueue_live(job, max_queued=self._settings.max_queue)
         return job, live

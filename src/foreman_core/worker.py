@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from foreman_core import job as jobs
-from foreman_core.errors import StaleJob, TargetError, TargetRejected
+from foreman_core.errors import QueueFull, StaleJob, TargetError, TargetRejected
 from foreman_core.job import RUNNING_STATES, Artifact, Job, JobState, normalize_model
 from foreman_core.payloads import load_body, result_artifacts, target_body
 from foreman_core.ports import Clock, InferenceTarget, JobStore, ModelInventory
@@ -237,6 +237,29 @@ class Worker:
     def wake(self) -> None:
         """Work arrived: look for a job to dispatch now."""
         self._wakeup.set()
+
+    def enqueue(self, job: Job, *, max_queued: int | None) -> Job:
+        """Add a new job to the store and dispatch it when its turn comes; the stored job.
+
+        A full queue raises `QueueFull` carrying when to come back: about one job's duration,
+        when a slot frees up. The store's other errors (e.g. `IdempotencyConflict`) pass through.
+        """
+        try:
+            stored = self._store.add(job, max_queued=max_queued)
+        except QueueFull as full:
+            raise QueueFull(full.limit, self.estimated_wait(1)) from None
+        self.wake()
+        return stored
+
+    def enqueue_live(self, job: Job, *, max_queued: int | None) -> LiveResponse:
+        """`enqueue` a sync job and return the response the worker will feed as it runs."""
+        live = self.watch(job.id)
+        try:
+            self.enqueue(job, max_queued=max_queued)
+        except BaseException:
+            self.forget(job.id)  # never stored: nobody will feed this response
+            raise
+        return live
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel the job: a queued one never runs, a running one's target request is aborted.

@@ -18,6 +18,7 @@ from foreman_core import (
     Job,
     JobNotFound,
     JobState,
+    QueueFull,
     RetryPolicy,
     TargetBrokeStream,
     TargetBusy,
@@ -253,7 +254,7 @@ class Rig:
         kind: str = "chat",
         max_attempts: int = 3,
     ) -> tuple[Job, LiveResponse | None]:
-        """Queue a job as a handler would (watch, add, wake)."""
+        """Queue a job as a handler would (`enqueue`, or `enqueue_live` for a sync job)."""
         request = body or CHAT_BODY
         job = new_job(
             job_id=self.ids.new_id(),
@@ -265,11 +266,13 @@ class Rig:
             sync=sync,
             max_attempts=max_attempts,
         )
-        live = self.worker.watch(job.id) if sync and self.worker else None
-        self.store.add(job)
-        if self.worker:
-            self.worker.wake()
-        return job, live
+        if self.worker is None:
+            self.store.add(job)
+            return job, None
+        if sync:
+            return job, self.worker.enqueue_live(job, max_queued=None)
+        self.worker.enqueue(job, max_queued=None)
+        return job, None
 
     async def settled(self, job_id: str, *states: JobState, attempts: int = 0) -> Job:
         """The job once it is in one of `states` after at least `attempts` dispatches, and the
@@ -716,3 +719,32 @@ async def test_stop_fails_sync_jobs_and_releases_their_clients(rig: Rig) -> None
     outcome = await waiting_live.start()
     assert isinstance(outcome, ResponseFailed) and outcome.status == 503
     assert rig.store.get(waiting.id).state == JobState.CANCELLED
+
+
+async def test_a_full_queue_refuses_with_an_estimate_and_leaves_no_live_response() -> None:
+    rig = Rig()
+    worker = Worker(
+        store=rig.store,
+        target=rig.target,
+        inventory=rig.inventory,
+        clock=rig.clock,
+        policy=RetryPolicy(),
+        max_wait=timedelta(minutes=10),
+    )
+    rig.submit()  # queued; the worker is not running, so it stays queued
+    refused = new_job(
+        job_id=rig.ids.new_id(),
+        kind="chat",
+        model="llama3.2",
+        payload=json.dumps(CHAT_BODY).encode(),
+        now=rig.clock.now(),
+        sync=True,
+    )
+
+    with pytest.raises(QueueFull) as full:
+        worker.enqueue_live(refused, max_queued=1)
+
+    assert full.value.retry_after is not None and full.value.retry_after >= 1
+    assert refused.id not in worker._live
+    with pytest.raises(JobNotFound):
+        rig.store.get(refused.id)
