@@ -11,12 +11,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from foreman_adapters.aiohttp_transport import AiohttpTransport
 from foreman_core.ports import Clock, DeliveryResult
 from foreman_core.signing import sign_headers
 
 DELIVERY_TIMEOUT = 10.0
 """Seconds one delivery attempt may take in all: connect, send, and the response's headers."""
 USER_AGENT = "foreman-webhooks"
+KEPT_RESPONSE_BYTES = 64 * 1024
+"""A receiver's answer up to this size is read to its end, so that its connection can carry the
+next delivery; a longer one is cut off and its connection closed."""
 ALLOWED_HOSTS_VARIABLE = "FOREMAN_WEBHOOK_ALLOWED_HOSTS"
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -125,11 +129,19 @@ def _ip_literal(host: str) -> IpAddress | None:
         return None
 
 
+def webhook_http_client() -> httpx.AsyncClient:
+    """The client deliveries go out on: keeps connections to receivers for reuse, never follows
+    redirects, and runs on aiohttp's transport (ADR 0008)."""
+    transport = AiohttpTransport(max_connections=100, keepalive_expiry=30.0)
+    return httpx.AsyncClient(transport=transport, follow_redirects=False)
+
+
 class HttpWebhookSender:
     """Implements WebhookSender over httpx: one signed POST per attempt, no redirects.
 
     Each attempt gets a fresh `webhook-timestamp` and signatures; `webhook-id` is the event id,
-    the same on every retry. Only the status and headers of the response are read.
+    the same on every retry. Only the status and headers of the response matter; its body is
+    read (up to `KEPT_RESPONSE_BYTES`) and dropped.
     """
 
     def __init__(
@@ -182,6 +194,7 @@ class HttpWebhookSender:
             follow_redirects=False,
             timeout=self._timeout,
         ) as response:
+            await _drain(response)
             status = response.status_code
             if 200 <= status < 300:
                 return DeliveryResult(ok=True, status=status)
@@ -206,6 +219,15 @@ class HttpWebhookSender:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         return max(0.0, (when - self._clock.now()).total_seconds())
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a short answer to its end (its connection is then reused); stop at a long one."""
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > KEPT_RESPONSE_BYTES:
+            return
 
 
 def _describe_status(status: int) -> str:

@@ -8,13 +8,12 @@ e.g. `container.ollama_http.override(providers.Object(client_over_asgi_transport
 
 from __future__ import annotations
 
-import httpx
 from dependency_injector import containers, providers
 
 from foreman_adapters.inventory import PollingModelInventory
 from foreman_adapters.ollama import OllamaTarget, ollama_http_client
 from foreman_adapters.sqlite_store import SqliteJobStore
-from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy
+from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy, webhook_http_client
 from foreman_app.async_jobs import AsyncJobs
 from foreman_app.config import Settings
 from foreman_app.sync_jobs import SyncJobs
@@ -49,7 +48,7 @@ class Container(containers.DeclarativeContainer):
         interval=settings.provided.poll_interval.total_seconds.call(),
     )
 
-    webhook_http = providers.Singleton(httpx.AsyncClient, follow_redirects=False)
+    webhook_http = providers.Singleton(webhook_http_client)
     webhook_policy = providers.Singleton(
         WebhookHostPolicy, allowed=providers.Callable(_allowed_hosts, settings)
     )

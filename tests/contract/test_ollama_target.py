@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,37 +303,54 @@ class RecordingApp:
         await self.app(scope, receive, send)
 
 
-async def test_requests_carry_the_targets_host_and_the_token_only() -> None:
+@asynccontextmanager
+async def recorded_client(
+    transport_kind: str, recorder: RecordingApp, **client_options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose requests reach `recorder`: in-process, or foreman's own client on a
+    socket (ASGI gives no Host of its own, so there it is named)."""
+    if transport_kind == "asgi":
+        transport = httpx.ASGITransport(app=recorder)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://ollama.internal:11434", **client_options
+        ) as http:
+            yield http
+        return
+    async with (
+        serve_simulator(recorder) as running,  # type: ignore[arg-type]
+        ollama_http_client(running.url, **client_options) as http,
+    ):
+        yield http
+
+
+@pytest.mark.parametrize("transport_kind", SIMULATED)
+async def test_requests_carry_the_targets_host_and_the_token_only(transport_kind: str) -> None:
     recorder = RecordingApp(SimulatedOllama())
     client_headers = {"Host": "foreman.example", "Authorization": "Bearer client-secret"}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=recorder),
-        base_url="http://ollama.internal:11434",
-        headers=client_headers,
-    ) as http:
+    async with recorded_client(transport_kind, recorder, headers=client_headers) as http:
         target = OllamaTarget(http, token="target-token")
         async with target.open("chat", chat_body(CHAT_MODEL)) as response:
             assert response.status == 200
         await target.tags()
+        expected_host = http.base_url.netloc.decode()
     chat, tags = recorder.seen
     for seen in (chat, tags):
-        assert seen.headers["host"] == "ollama.internal:11434"
+        assert seen.headers["host"] == expected_host
         assert seen.headers["authorization"] == "Bearer target-token"
         assert seen.headers["accept-encoding"] == "identity"
     assert chat.headers["content-type"] == "application/json"
     assert "content-type" not in tags.headers
 
 
-async def test_without_a_token_no_authorization_is_sent() -> None:
+@pytest.mark.parametrize("transport_kind", SIMULATED)
+async def test_without_a_token_no_authorization_is_sent(transport_kind: str) -> None:
     recorder = RecordingApp(SimulatedOllama())
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=recorder),
-        base_url="http://ollama",
-        headers={"Authorization": "Bearer client-secret"},
-    ) as http:
+    client_headers = {"Authorization": "Bearer client-secret"}
+    async with recorded_client(transport_kind, recorder, headers=client_headers) as http:
         await OllamaTarget(http).version()
+        expected_host = http.base_url.netloc.decode()
     assert "authorization" not in recorder.seen[0].headers
-    assert recorder.seen[0].headers["host"] == "ollama"
+    assert recorder.seen[0].headers["host"] == expected_host
 
 
 async def test_an_unknown_kind_is_a_programming_error() -> None:

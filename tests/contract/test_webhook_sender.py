@@ -5,18 +5,26 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy, WebhookUrlRefused
+from foreman_adapters.webhooks import (
+    KEPT_RESPONSE_BYTES,
+    HttpWebhookSender,
+    WebhookHostPolicy,
+    WebhookUrlRefused,
+    webhook_http_client,
+)
 from foreman_core.signing import verify_signature
 
 pytestmark = pytest.mark.anyio
@@ -44,6 +52,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    client_port: int
 
 
 class Receiver(ThreadingHTTPServer):
@@ -66,19 +75,23 @@ class ReceiverHandler(BaseHTTPRequestHandler):
     """Records each POST and answers as its path says."""
 
     server: Receiver
+    protocol_version = "HTTP/1.1"  # keeps connections open between requests
 
     def do_POST(self) -> None:
         """Answer a webhook."""
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.requests.append(Request(self.path, dict(self.headers.items()), body))
+        port = self.client_address[1]
+        self.server.requests.append(Request(self.path, dict(self.headers.items()), body, port))
         if self.path == "/hang":
             self.server.release.wait(timeout=10)
         status, headers = self.server.answers.get(self.path, (204, {}))
+        answer = b"x" * 4 * KEPT_RESPONSE_BYTES if self.path == "/chatty" else b"thanks"
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
+        self.wfile.write(answer)
 
     def log_message(self, format: str, *args: object) -> None:
         """Keep test output quiet."""
@@ -92,13 +105,31 @@ ANSWERS: dict[str, tuple[int, dict[str, str]]] = {
     "/bad-retry-after": (503, {"Retry-After": "soon"}),
     "/redirect": (307, {"Location": "/ok"}),
     "/moved": (301, {"Location": "/ok"}),
+    "/chatty": (200, {}),
 }
+
+
+TLS = Path(__file__).parent / "tls"
+"""A self-signed certificate for 127.0.0.1, trusted by nobody but the test that says so."""
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     """A receiver serving in a thread for the test's duration."""
+    yield from serving(Receiver())
+
+
+@pytest.fixture
+def tls_receiver() -> Iterator[Receiver]:
+    """A receiver on HTTPS with the self-signed certificate."""
     server = Receiver()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS / "localhost.crt", TLS / "localhost.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    yield from serving(server)
+
+
+def serving(server: Receiver) -> Iterator[Receiver]:
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
@@ -110,11 +141,13 @@ def receiver() -> Iterator[Receiver]:
         thread.join(timeout=10)
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client that ignores proxy settings of the environment."""
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
+@pytest.fixture(params=["httpx", "foreman"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """A plain httpx client (ignoring the environment's proxies), or the one foreman sends
+    with (aiohttp's transport)."""
+    client = httpx.AsyncClient(trust_env=False) if request.param == "httpx" else None
+    async with client or webhook_http_client() as chosen:
+        yield chosen
 
 
 @pytest.fixture
@@ -140,6 +173,7 @@ async def test_a_signed_delivery_verifies_with_standard_webhooks_and_with_forema
     assert headers["webhook-timestamp"] == str(int(clock.now().timestamp()))
     assert Webhook(SECRET).verify(request.body, request.headers) == json.loads(BODY)
     assert verify_signature(SECRET, request.headers, request.body)
+    assert "X-Foreman-Signature" in request.headers  # spelled as documented, for naive receivers
     foreman_only = {"X-Foreman-Signature": headers["x-foreman-signature"]}
     assert verify_signature(SECRET, foreman_only, request.body)
 
@@ -170,6 +204,47 @@ async def test_without_a_secret_nothing_is_signed(
     assert result.ok
     names = {name.lower() for name in receiver.requests[0].headers}
     assert names.isdisjoint({"x-foreman-signature", "webhook-id", "webhook-signature"})
+
+
+async def test_deliveries_to_one_receiver_reuse_its_connection(
+    receiver: Receiver, clock: FakeClock
+) -> None:
+    async with webhook_http_client() as http:
+        sender = HttpWebhookSender(http, SECRET, clock)
+        results = [await sender.send(receiver.url(path), EVENT_ID, BODY) for path in ANSWERS]
+
+    assert [r.status for r in results] == [status for status, _ in ANSWERS.values()]
+    assert len({r.client_port for r in receiver.requests}) == 1
+
+
+async def test_a_long_answer_is_cut_off_and_the_next_delivery_still_goes(
+    receiver: Receiver, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    sender = HttpWebhookSender(http, SECRET, clock)
+
+    chatty = await sender.send(receiver.url("/chatty"), EVENT_ID, BODY)
+    after = await sender.send(receiver.url("/ok"), EVENT_ID, BODY)
+
+    assert (chatty.ok, after.ok) == (True, True)
+    assert [r.path for r in receiver.requests] == ["/chatty", "/ok"]
+
+
+async def test_https_receivers_are_verified_and_ssl_cert_file_adds_a_trusted_ca(
+    tls_receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = tls_receiver.url("/ok").replace("http://", "https://")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    async with webhook_http_client() as http:
+        untrusted = await HttpWebhookSender(http, SECRET, clock).send(url, EVENT_ID, BODY)
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "localhost.crt"))
+    async with webhook_http_client() as http:
+        trusted = await HttpWebhookSender(http, SECRET, clock).send(url, EVENT_ID, BODY)
+
+    assert not untrusted.ok
+    assert "certificate" in (untrusted.error or "").lower()
+    assert (trusted.ok, trusted.status) == (True, 200)
+    assert [r.path for r in tls_receiver.requests] == ["/ok"]
 
 
 async def test_any_2xx_is_a_delivery(
