@@ -18,6 +18,7 @@ from foreman_app.async_jobs import AsyncJobs
 from foreman_app.config import Settings
 from foreman_app.sync_jobs import SyncJobs
 from foreman_core.clock import SystemClock, UlidGenerator
+from foreman_core.lull import WorkerLull
 from foreman_core.retry import RetryPolicy
 from foreman_core.webhooks import WebhookDispatcher
 from foreman_core.worker import Worker
@@ -59,6 +60,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         policy=webhook_policy,
     )
+    worker_lull = providers.Singleton(WorkerLull)
     webhook_dispatcher = providers.Singleton(
         WebhookDispatcher,
         outbox=store,
@@ -66,6 +68,7 @@ class Container(containers.DeclarativeContainer):
         sender=webhook_sender,
         clock=clock,
         public_url=settings.provided.public_url,
+        lull=worker_lull,
     )
 
     retry_policy = providers.Singleton(RetryPolicy)
@@ -78,6 +81,7 @@ class Container(containers.DeclarativeContainer):
         policy=retry_policy,
         max_wait=settings.provided.max_wait,
         on_transition=webhook_dispatcher.provided.wake,
+        lull=worker_lull,
     )
 
     async_jobs = providers.Singleton(

@@ -19,6 +19,7 @@ from typing import Any
 from foreman_core.artifacts import artifact_views
 from foreman_core.errors import JobNotFound
 from foreman_core.job import Job, JobState, StateChange
+from foreman_core.lull import WorkerLull
 from foreman_core.ports import (
     Clock,
     DeliveryResult,
@@ -39,6 +40,9 @@ POLL_INTERVAL = 1.0
 recorded without a `wake()` (and for other jobs' events falling due while some are in flight)."""
 ERROR_PAUSE = 1.0
 """How long to back off after the outbox itself failed, before trying it again."""
+MAX_HOLD = 1.0
+"""The longest a busy worker holds deliveries back: then one round of them goes anyway, so a
+stream of instant jobs slows webhooks down but never stops them."""
 
 
 def rfc3339(moment: datetime) -> str:
@@ -94,7 +98,8 @@ class WebhookDispatcher:
     Runs as its own task (`run()`). `wake()` after a transition sends its event at once and
     never blocks; without it the outbox is still looked at every `poll_interval` seconds. Store
     calls are short and synchronous; HTTP happens in per-event tasks, at most `concurrency` at
-    once and never two of one job.
+    once and never two of one job. Given the worker's `lull`, deliveries start only in one (the
+    worker idle or waiting on the target), or after `max_hold` seconds without one.
     """
 
     def __init__(
@@ -110,6 +115,8 @@ class WebhookDispatcher:
         concurrency: int = DEFAULT_CONCURRENCY,
         max_retry_after: float = MAX_RETRY_AFTER,
         poll_interval: float = POLL_INTERVAL,
+        lull: WorkerLull | None = None,
+        max_hold: float = MAX_HOLD,
     ) -> None:
         self._outbox = outbox
         self._store = store
@@ -121,6 +128,8 @@ class WebhookDispatcher:
         self._concurrency = max(1, concurrency)
         self._max_retry_after = max_retry_after
         self._poll_interval = poll_interval
+        self._lull = lull
+        self._max_hold = max_hold
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -143,6 +152,8 @@ class WebhookDispatcher:
         try:
             while not self._stopping:
                 self._wakeup.clear()
+                if self._lull is not None:
+                    await self._lull.wait(self._max_hold)
                 try:
                     delay = self._dispatch_due()
                 except Exception:

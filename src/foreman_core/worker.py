@@ -21,6 +21,7 @@ from enum import StrEnum
 from foreman_core import job as jobs
 from foreman_core.errors import QueueFull, StaleJob, TargetError, TargetRejected
 from foreman_core.job import RUNNING_STATES, Artifact, Job, JobState, normalize_model
+from foreman_core.lull import WorkerLull
 from foreman_core.payloads import load_body, result_artifacts, target_body
 from foreman_core.ports import Clock, InferenceTarget, JobStore, ModelInventory
 from foreman_core.retry import RetryLater, RetryPolicy
@@ -198,6 +199,7 @@ class Worker:
         logger: logging.Logger | None = None,
         idle_recheck: float = 1.0,
         on_transition: Callable[[], None] | None = None,
+        lull: WorkerLull | None = None,
     ) -> None:
         self._store = store
         self._target = target
@@ -211,6 +213,8 @@ class Worker:
         # Called after every state change the worker stores that makes a webhook event (the
         # webhook dispatcher's wake).
         self._on_transition = on_transition or (lambda: None)
+        # Tells work sharing the loop (webhook deliveries) when the worker does not need it.
+        self._lull = lull or WorkerLull()
         self._live: dict[str, LiveResponse] = {}
         self._wakeup = asyncio.Event()
         self._running: _Run | None = None
@@ -351,6 +355,7 @@ class Worker:
         if self._looping:
             await self._loop_exited.wait()
         self._release_waiting_clients()
+        self._lull.idle()
 
     def _recover(self) -> None:
         try:
@@ -372,8 +377,12 @@ class Worker:
                 timeout = min(timeout, max((backoff_ends - now).total_seconds(), 0.0))
         except Exception:
             self._log.exception("worker: reading the next backoff failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._lull.idle()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+        finally:
+            self._lull.busy()
 
     async def _dispatch_next(self) -> bool:
         """Claim and run one job; False when none is eligible."""
@@ -433,27 +442,30 @@ class Worker:
             self._give_up(run, str(error) or type(error).__name__, status=500)
 
     async def _load(self, job: Job) -> None:
-        async with self._target.open(jobs.CHAT, load_body(job)) as response:
-            async for _ in response.chunks():
-                pass
+        with self._lull.waiting_on_target():
+            async with self._target.open(jobs.CHAT, load_body(job)) as response:
+                async for _ in response.chunks():
+                    pass
         self._recent = job.residency
 
     async def _relay(self, run: _Run) -> None:
         live = run.live
         assert live is not None
-        async with self._target.open(run.job.kind, target_body(run.job)) as response:
-            self._recent = run.job.residency
-            live._begin(ResponseStarted(response.status, response.content_type))
-            async for chunk in response.chunks():
-                live._send(chunk)
+        with self._lull.waiting_on_target():
+            async with self._target.open(run.job.kind, target_body(run.job)) as response:
+                self._recent = run.job.residency
+                live._begin(ResponseStarted(response.status, response.content_type))
+                async for chunk in response.chunks():
+                    live._send(chunk)
         # Sync jobs keep bookkeeping only: the client already has the bytes.
         self._finish(run, result=None)
         live._end()
 
     async def _collect(self, run: _Run) -> None:
-        async with self._target.open(run.job.kind, target_body(run.job)) as response:
-            self._recent = run.job.residency
-            body = b"".join([chunk async for chunk in response.chunks()])
+        with self._lull.waiting_on_target():
+            async with self._target.open(run.job.kind, target_body(run.job)) as response:
+                self._recent = run.job.residency
+                body = b"".join([chunk async for chunk in response.chunks()])
         artifacts = result_artifacts(run.job.kind, json.loads(body))
         self._finish(run, result=body, artifacts=artifacts)
 

@@ -17,6 +17,7 @@ from foreman_core import job as jobs
 from foreman_core.artifacts import artifact_views
 from foreman_core.clock import UlidGenerator
 from foreman_core.job import CHAT, Artifact, Job, JobState, StateChange
+from foreman_core.lull import WorkerLull
 from foreman_core.memory_store import InMemoryJobStore
 from foreman_core.ports import DeliveryResult
 from foreman_core.webhooks import WebhookDispatcher, event_body
@@ -464,6 +465,44 @@ async def test_stop_returns_while_a_delivery_hangs_and_the_event_stays_pending()
 
 async def test_stop_before_run_returns_at_once() -> None:
     await World().dispatcher.stop()
+
+
+# -- the worker's lull -----------------------------------------------------------------------
+
+
+class WatchedLull(WorkerLull):
+    """A lull that tells when somebody starts waiting for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.awaited = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        self.awaited.set()
+        return await super().wait(timeout)
+
+
+async def test_deliveries_wait_for_the_lull() -> None:
+    lull = WatchedLull()
+    world = World(lull=lull, max_hold=3600)
+    world.submit()
+    async with running(world):
+        await lull.awaited.wait()
+        await let_the_dispatcher_run()
+        assert world.receiver.received == []  # the worker is busy: nothing is sent
+
+        lull.idle()
+        await world.receiver.wait_until(lambda: len(world.receiver.received) == 1)
+
+
+async def test_a_worker_that_stays_busy_holds_deliveries_back_only_for_max_hold() -> None:
+    lull = WorkerLull()
+    lull.busy()
+    world = World(lull=lull, max_hold=0.01)
+    world.submit()
+    async with running(world):
+        await world.receiver.wait_until(lambda: len(world.receiver.received) == 1)
+    assert not lull.is_open
 
 
 def _change(state: JobState, previous: JobState | None, error: str | None = None) -> StateChange:

@@ -28,6 +28,7 @@ from foreman_core import (
     new_job,
 )
 from foreman_core.job import cancel as cancel_job
+from foreman_core.lull import WorkerLull
 from foreman_core.payloads import load_body
 from foreman_core.worker import (
     JSON,
@@ -232,6 +233,7 @@ class Rig:
         self,
         policy: RetryPolicy | None = None,
         max_wait: timedelta = timedelta(minutes=10),
+        lull: WorkerLull | None = None,
     ) -> Worker:
         """Build the worker and run its loop. No polling: only wake() and backoffs wake it."""
         self.worker = Worker(
@@ -242,6 +244,7 @@ class Rig:
             policy=policy or RetryPolicy(base=timedelta(0)),
             max_wait=max_wait,
             idle_recheck=3600.0,
+            lull=lull,
         )
         self.loop = asyncio.create_task(self.worker.run())
         return self.worker
@@ -719,6 +722,29 @@ async def test_stop_fails_sync_jobs_and_releases_their_clients(rig: Rig) -> None
     outcome = await waiting_live.start()
     assert isinstance(outcome, ResponseFailed) and outcome.status == 503
     assert rig.store.get(waiting.id).state == JobState.CANCELLED
+
+
+# -- the lull ------------------------------------------------------------------------------
+
+WAIT = 10.0
+
+
+async def test_the_worker_has_a_lull_while_idle_and_while_the_target_keeps_it_waiting(
+    rig: Rig,
+) -> None:
+    lull = WorkerLull(settle=0.001)
+    reply = Reply(pause_before=0)
+    rig.target.script(reply)
+    await rig.start(lull=lull)
+    assert await lull.wait(WAIT)  # nothing queued: idle
+
+    job, _ = rig.submit()
+    await reply.paused.wait()  # the request is at the target, which has not answered yet
+    assert await lull.wait(WAIT)
+
+    reply.resume.set()
+    await rig.settled(job.id, JobState.DONE)
+    assert await lull.wait(WAIT)  # idle again
 
 
 async def test_a_full_queue_refuses_with_an_estimate_and_leaves_no_live_response() -> None:
