@@ -21,7 +21,8 @@ TimeoutKey = tuple[float | None, float | None]
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Sends httpx requests on one lazily opened `aiohttp.ClientSession`.
+    """Sends httpx requests on one lazily opened `aiohttp.ClientSession`: up to
+    `max_connections` at once, idle ones kept `keepalive_expiry` seconds for reuse.
 
     Honours httpx's connect and read timeouts (an unset one is no limit: there is no overall
     deadline). Redirects are never followed here and bodies are passed on undecoded; the httpx

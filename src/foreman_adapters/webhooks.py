@@ -132,8 +132,7 @@ def _ip_literal(host: str) -> IpAddress | None:
 def webhook_http_client() -> httpx.AsyncClient:
     """The client deliveries go out on: keeps connections to receivers for reuse, never follows
     redirects, and runs on aiohttp's transport (ADR 0008)."""
-    transport = AiohttpTransport(max_connections=100, keepalive_expiry=30.0)
-    return httpx.AsyncClient(transport=transport, follow_redirects=False)
+    return httpx.AsyncClient(transport=AiohttpTransport(), follow_redirects=False)
 
 
 class HttpWebhookSender:

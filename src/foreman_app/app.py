@@ -140,7 +140,7 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 
 async def _close(container: Container) -> None:
-    for client in (container.ollama_http(), container.webhook_http()):
+    for connections in (container.ollama_transport(), container.webhook_http()):
         with contextlib.suppress(Exception):
-            await client.aclose()
+            await connections.aclose()
     container.store().close()

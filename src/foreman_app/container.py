@@ -3,15 +3,16 @@
 Building the container does no I/O; each provider makes its object on first use. Resources that
 need closing (the HTTP clients, the store) are closed by the app's lifespan, which also runs the
 long-lived tasks (inventory poller, worker, webhook dispatcher). Tests override single providers,
-e.g. `container.ollama_http.override(providers.Object(client_over_asgi_transport))`.
+e.g. `container.ollama_transport.override(providers.Object(httpx.ASGITransport(app=sim)))`.
 """
 
 from __future__ import annotations
 
 from dependency_injector import containers, providers
 
+from foreman_adapters.aiohttp_transport import AiohttpTransport
 from foreman_adapters.inventory import PollingModelInventory
-from foreman_adapters.ollama import OllamaTarget, ollama_http_client
+from foreman_adapters.ollama import OllamaTarget
 from foreman_adapters.sqlite_store import SqliteJobStore
 from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy, webhook_http_client
 from foreman_app.async_jobs import AsyncJobs
@@ -39,9 +40,12 @@ class Container(containers.DeclarativeContainer):
     ids = providers.Singleton(UlidGenerator)
     store = providers.Singleton(SqliteJobStore, path=settings.provided.db_path, ids=ids)
 
-    ollama_http = providers.Singleton(ollama_http_client, base_url=settings.provided.ollama_url)
+    ollama_transport = providers.Singleton(AiohttpTransport)
     target = providers.Singleton(
-        OllamaTarget, http=ollama_http, token=settings.provided.ollama_token
+        OllamaTarget,
+        transport=ollama_transport,
+        base_url=settings.provided.ollama_url,
+        token=settings.provided.ollama_token,
     )
     inventory = providers.Singleton(
         PollingModelInventory,

@@ -80,9 +80,8 @@ def make_app(sim: SimulatedOllama, tmp_path: Path) -> Callable[..., Any]:
             {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), **(env or {})}
         )
         container = build_container(settings)
-        transport = httpx.ASGITransport(app=target or sim)
-        container.ollama_http.override(
-            providers.Singleton(httpx.AsyncClient, transport=transport, base_url="http://ollama")
+        container.ollama_transport.override(
+            providers.Object(httpx.ASGITransport(app=target or sim))
         )
         app = create_app(container, extra_routes=extra_routes)
         # httpx over ASGI, in this test's loop: Litestar's httpx.AsyncClient runs the app in a

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from foreman_adapters.aiohttp_transport import AiohttpTransport
 from foreman_adapters.inventory import PollingModelInventory
-from foreman_adapters.ollama import OllamaTarget, ollama_http_client
+from foreman_adapters.ollama import OllamaTarget
 from foreman_adapters.simulator import DEFAULT_MODELS, SimulatedOllama, serve_simulator
 
 pytestmark = pytest.mark.anyio
@@ -23,9 +24,8 @@ def sim() -> SimulatedOllama:
 
 @pytest.fixture
 async def inventory(sim: SimulatedOllama) -> AsyncIterator[PollingModelInventory]:
-    transport = httpx.ASGITransport(app=sim)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
-        yield PollingModelInventory(OllamaTarget(http), interval=30)
+    async with httpx.ASGITransport(app=sim) as transport:
+        yield PollingModelInventory(OllamaTarget(transport, "http://ollama"), interval=30)
 
 
 def polls(sim: SimulatedOllama) -> int:
@@ -45,8 +45,9 @@ async def test_a_refresh_copies_tags_and_ps_as_ollama_shaped_them(
 async def test_resident_lists_normalised_names_in_ps_order(
     inventory: PollingModelInventory, sim: SimulatedOllama
 ) -> None:
-    transport = httpx.ASGITransport(app=sim)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=sim), base_url="http://ollama"
+    ) as http:
         await http.post("/api/embed", json={"model": "all-minilm", "input": "", "keep_alive": -1})
         await http.post("/api/chat", json={"model": "gemma3:1b", "messages": []})
     await inventory.refresh()
@@ -69,8 +70,9 @@ async def test_a_miss_polls_once_more_before_answering(
     await inventory.refresh()
     assert not await inventory.has_model("phi3:mini")
     assert polls(sim) == 2
-    transport = httpx.ASGITransport(app=sim)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=sim), base_url="http://ollama"
+    ) as http:
         await http.post("/api/pull", json={"model": "phi3:mini", "stream": False})
     assert await inventory.has_model(
         "phi3:mini"
@@ -90,8 +92,9 @@ async def test_concurrent_misses_share_one_poll(
 async def test_an_unreachable_target_degrades_and_keeps_the_last_copy(
     inventory: PollingModelInventory, sim: SimulatedOllama
 ) -> None:
-    transport = httpx.ASGITransport(app=sim)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=sim), base_url="http://ollama"
+    ) as http:
         await http.post("/api/chat", json={"model": "gemma3:1b", "messages": []})
     await inventory.refresh()
     before = (inventory.tags(), inventory.ps())
@@ -110,8 +113,9 @@ async def test_a_stopped_server_degrades_then_a_restarted_one_recovers() -> None
     sim = SimulatedOllama()
     async with serve_simulator(sim) as running:
         port = running.port
-    async with ollama_http_client(f"http://127.0.0.1:{port}") as http:
-        stranded = PollingModelInventory(OllamaTarget(http), interval=30)
+    async with AiohttpTransport() as transport:
+        target = OllamaTarget(transport, f"http://127.0.0.1:{port}")
+        stranded = PollingModelInventory(target, interval=30)
         await stranded.refresh()
         assert stranded.degraded and stranded.tags() == {"models": []}
         async with serve_simulator(sim, port=port):
@@ -125,9 +129,8 @@ async def test_http_errors_degrade_too() -> None:
         await send({"type": "http.response.start", "status": 500, "headers": []})
         await send({"type": "http.response.body", "body": b"boom"})
 
-    transport = httpx.ASGITransport(app=broken)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
-        failing = PollingModelInventory(OllamaTarget(http), interval=30)
+    async with httpx.ASGITransport(app=broken) as transport:
+        failing = PollingModelInventory(OllamaTarget(transport, "http://ollama"), interval=30)
         await failing.refresh()
     assert failing.degraded
 
@@ -136,18 +139,16 @@ async def test_null_models_become_an_empty_list() -> None:
     def null_models(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=json.dumps({"models": None}).encode())
 
-    transport = httpx.MockTransport(null_models)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
-        inventory = PollingModelInventory(OllamaTarget(http), interval=30)
+    async with httpx.MockTransport(null_models) as transport:
+        inventory = PollingModelInventory(OllamaTarget(transport, "http://ollama"), interval=30)
         await inventory.refresh()
     assert inventory.tags() == {"models": []} and inventory.ps() == {"models": []}
     assert not inventory.degraded
 
 
 async def test_run_polls_every_interval_until_cancelled(sim: SimulatedOllama) -> None:
-    transport = httpx.ASGITransport(app=sim)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
-        inventory = PollingModelInventory(OllamaTarget(http), interval=0.001)
+    async with httpx.ASGITransport(app=sim) as transport:
+        inventory = PollingModelInventory(OllamaTarget(transport, "http://ollama"), interval=0.001)
         task = asyncio.ensure_future(inventory.run())
         await sim.wait_for(lambda: polls(sim) >= 3)
         task.cancel()
@@ -167,8 +168,9 @@ async def test_a_target_that_never_answers_degrades_after_the_poll_timeout() -> 
 
     server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with server, ollama_http_client(f"http://127.0.0.1:{port}") as http:
-        inventory = PollingModelInventory(OllamaTarget(http), interval=60, poll_timeout=0.2)
+    async with server, AiohttpTransport() as transport:
+        target = OllamaTarget(transport, f"http://127.0.0.1:{port}")
+        inventory = PollingModelInventory(target, interval=60, poll_timeout=0.2)
         await inventory.refresh()
         assert accepted.is_set()
         assert inventory.degraded

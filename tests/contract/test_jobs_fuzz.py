@@ -143,9 +143,8 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, Container]]:
         {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), "FOREMAN_MAX_QUEUE": "100000"}
     )
     container = build_container(settings)
-    transport = httpx.ASGITransport(app=SimulatedOllama())
-    container.ollama_http.override(
-        providers.Singleton(httpx.AsyncClient, transport=transport, base_url="http://ollama")
+    container.ollama_transport.override(
+        providers.Object(httpx.ASGITransport(app=SimulatedOllama()))
     )
     with TestClient(create_app(container)) as client:
         yield client, container

@@ -15,7 +15,8 @@ import anyio
 import httpx
 import pytest
 
-from foreman_adapters.ollama import OllamaTarget, ollama_http_client
+from foreman_adapters.aiohttp_transport import AiohttpTransport
+from foreman_adapters.ollama import OllamaTarget
 from foreman_adapters.simulator import SimulatedOllama, serve_simulator
 from foreman_core.errors import (
     TargetBrokeStream,
@@ -54,12 +55,12 @@ def ndjson(raw: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw.split(b"\n")[:-1]]
 
 
-async def first_chat_model(http: httpx.AsyncClient) -> str:
+async def first_chat_model(target: OllamaTarget) -> str:
     chosen = os.environ.get("FOREMAN_TEST_OLLAMA_MODEL")
     if chosen:
         return chosen
-    for entry in (await http.get("/api/tags")).json()["models"]:
-        show = (await http.post("/api/show", json={"model": entry["name"]})).json()
+    for entry in (await target.tags())["models"]:
+        show = await target.post_json("/api/show", {"model": entry["name"]})
         if "completion" in show.get("capabilities", ["completion"]):
             return entry["name"]
     raise RuntimeError("the real Ollama has no model that can chat")
@@ -69,17 +70,17 @@ async def first_chat_model(http: httpx.AsyncClient) -> str:
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     kind = request.param
     if kind == "real":
-        async with ollama_http_client(REAL_OLLAMA_URL or "") as http:
-            yield Setup(OllamaTarget(http), None, await first_chat_model(http), REAL_OLLAMA_URL)
+        async with AiohttpTransport() as transport:
+            target = OllamaTarget(transport, REAL_OLLAMA_URL or "")
+            yield Setup(target, None, await first_chat_model(target), REAL_OLLAMA_URL)
         return
     sim = SimulatedOllama(tokens=6)
     if kind == "asgi":
-        transport = httpx.ASGITransport(app=sim)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
-            yield Setup(OllamaTarget(http), sim, CHAT_MODEL)
+        async with httpx.ASGITransport(app=sim) as transport:
+            yield Setup(OllamaTarget(transport, "http://ollama"), sim, CHAT_MODEL)
         return
-    async with serve_simulator(sim) as running, ollama_http_client(running.url) as http:
-        yield Setup(OllamaTarget(http), sim, CHAT_MODEL, running.url)
+    async with serve_simulator(sim) as running, AiohttpTransport() as transport:
+        yield Setup(OllamaTarget(transport, running.url), sim, CHAT_MODEL, running.url)
 
 
 def each_target(names: list[str]) -> pytest.MarkDecorator:
@@ -250,9 +251,9 @@ async def test_a_connection_cut_mid_stream_breaks_the_stream(setup: Setup) -> No
 async def test_a_stopped_server_is_unreachable() -> None:
     async with serve_simulator(SimulatedOllama()) as running:
         stopped_url = running.url
-    async with ollama_http_client(stopped_url) as http:
+    async with AiohttpTransport() as transport:
         with pytest.raises(TargetUnreachable):
-            await OllamaTarget(http).version()
+            await OllamaTarget(transport, stopped_url).version()
 
 
 @each_target(["socket"])
@@ -304,40 +305,41 @@ class RecordingApp:
 
 
 @asynccontextmanager
-async def recorded_client(
-    transport_kind: str, recorder: RecordingApp, **client_options: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A client whose requests reach `recorder`: in-process, or foreman's own client on a
-    socket (ASGI gives no Host of its own, so there it is named)."""
+async def recorded_target(
+    transport_kind: str, recorder: RecordingApp, token: str | None = None
+) -> AsyncIterator[OllamaTarget]:
+    """A target whose requests reach `recorder`: in-process, or on a socket over foreman's
+    own transport."""
     if transport_kind == "asgi":
-        transport = httpx.ASGITransport(app=recorder)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://ollama.internal:11434", **client_options
-        ) as http:
-            yield http
+        async with httpx.ASGITransport(app=recorder) as transport:
+            yield OllamaTarget(transport, "http://ollama.internal:11434", token=token)
         return
     async with (
         serve_simulator(recorder) as running,  # type: ignore[arg-type]
-        ollama_http_client(running.url, **client_options) as http,
+        AiohttpTransport() as transport,
     ):
-        yield http
+        yield OllamaTarget(transport, running.url, token=token)
+
+
+def host_of(url: str) -> str:
+    return httpx.URL(url).netloc.decode()
 
 
 @pytest.mark.parametrize("transport_kind", SIMULATED)
-async def test_requests_carry_the_targets_host_and_the_token_only(transport_kind: str) -> None:
+async def test_requests_carry_the_targets_host_and_the_token(transport_kind: str) -> None:
     recorder = RecordingApp(SimulatedOllama())
-    client_headers = {"Host": "foreman.example", "Authorization": "Bearer client-secret"}
-    async with recorded_client(transport_kind, recorder, headers=client_headers) as http:
-        target = OllamaTarget(http, token="target-token")
+    async with recorded_target(transport_kind, recorder, token="target-token") as target:
         async with target.open("chat", chat_body(CHAT_MODEL)) as response:
             assert response.status == 200
         await target.tags()
-        expected_host = http.base_url.netloc.decode()
+        expected_host = host_of(target.base_url)
     chat, tags = recorder.seen
     for seen in (chat, tags):
         assert seen.headers["host"] == expected_host
         assert seen.headers["authorization"] == "Bearer target-token"
         assert seen.headers["accept-encoding"] == "identity"
+        assert seen.headers["user-agent"] == "foreman"
+        assert "cookie" not in seen.headers
     assert chat.headers["content-type"] == "application/json"
     assert "content-type" not in tags.headers
 
@@ -345,25 +347,37 @@ async def test_requests_carry_the_targets_host_and_the_token_only(transport_kind
 @pytest.mark.parametrize("transport_kind", SIMULATED)
 async def test_without_a_token_no_authorization_is_sent(transport_kind: str) -> None:
     recorder = RecordingApp(SimulatedOllama())
-    client_headers = {"Authorization": "Bearer client-secret"}
-    async with recorded_client(transport_kind, recorder, headers=client_headers) as http:
-        await OllamaTarget(http).version()
-        expected_host = http.base_url.netloc.decode()
+    async with recorded_target(transport_kind, recorder) as target:
+        await target.version()
+        expected_host = host_of(target.base_url)
     assert "authorization" not in recorder.seen[0].headers
     assert recorder.seen[0].headers["host"] == expected_host
 
 
 async def test_an_unknown_kind_is_a_programming_error() -> None:
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=SimulatedOllama()), base_url="http://ollama"
-    ) as http:
+    async with httpx.ASGITransport(app=SimulatedOllama()) as transport:
         with pytest.raises(ValueError, match="embed"):
-            async with OllamaTarget(http).open("embed", b"{}"):
+            async with OllamaTarget(transport, "http://ollama").open("embed", b"{}"):
                 pass
 
 
-def test_the_client_builder_never_times_out_reading() -> None:
-    http = ollama_http_client("http://127.0.0.1:11434")
-    assert http.timeout.read is None
-    assert http.timeout.connect == 5.0
-    assert str(http.base_url) == "http://127.0.0.1:11434"
+class TimeoutsSeen(httpx.ASGITransport):
+    """Records the timeouts each request asks its transport for."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app=app)
+        self.timeouts: list[dict[str, float | None]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.timeouts.append(request.extensions["timeout"])
+        return await super().handle_async_request(request)
+
+
+async def test_connecting_is_bounded_and_reading_never_times_out() -> None:
+    async with TimeoutsSeen(SimulatedOllama()) as transport:
+        target = OllamaTarget(transport, "http://127.0.0.1:11434/")
+        await target.version()
+        async with target.open("chat", chat_body(CHAT_MODEL)) as response:
+            assert response.status == 200
+    for timeouts in transport.timeouts:
+        assert (timeouts["connect"], timeouts["read"]) == (5.0, None)

@@ -66,6 +66,9 @@ class Receiver(ThreadingHTTPServer):
         self.answers = dict(ANSWERS)
         self.release = threading.Event()
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client closing a kept-alive connection (or cutting an answer short) is normal."""
+
     def url(self, path: str) -> str:
         """An absolute URL of this receiver."""
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
