@@ -103,8 +103,10 @@ class _ResponseBody(httpx.AsyncByteStream):
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # Chunk by chunk as the server framed them (Ollama writes one NDJSON line per HTTP
+        # chunk), not whatever happens to be buffered: two lines sent 1 ms apart stay two.
         with _as_httpx_error(self._request, during_body=True):
-            async for chunk in self._response.content.iter_any():
+            async for chunk, _ in self._response.content.iter_chunks():
                 yield chunk
 
     async def aclose(self) -> None:

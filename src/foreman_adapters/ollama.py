@@ -100,8 +100,9 @@ class OllamaTarget:
         self.base_url = base_url
         self._root = base_url.rstrip("/")
         self._host = httpx.URL(base_url).netloc.decode("ascii")
-        self._headers = _own_headers(token, has_body=False)
-        self._headers_with_body = _own_headers(token, has_body=True)
+        self._headers = httpx.Headers(_own_headers(token, has_body=False))
+        self._headers_with_body = httpx.Headers(_own_headers(token, has_body=True))
+        self._urls: dict[str, httpx.URL] = {}
         self._timeouts = {"connect": connect_timeout, "read": None, "write": None, "pool": None}
 
     @asynccontextmanager
@@ -186,9 +187,12 @@ class OllamaTarget:
 
     async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
         """Send a request and return the response with its body unread."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._root + path)
         request = httpx.Request(
             method,
-            self._root + path,
+            url,
             content=body,
             headers=self._headers if body is None else self._headers_with_body,
             extensions={"timeout": self._timeouts},

@@ -256,6 +256,18 @@ async def test_a_stopped_server_is_unreachable() -> None:
             await OllamaTarget(transport, stopped_url).version()
 
 
+@each_target(["socket"])  # httpx.ASGITransport hands over the body in one piece
+async def test_each_line_ollama_writes_is_one_chunk_even_when_sent_back_to_back(
+    setup: Setup,
+) -> None:
+    assert setup.sim is not None
+    setup.sim.token_delay = 0.0
+    async with setup.target.open("chat", chat_body(setup.model)) as response:
+        chunks = [chunk async for chunk in response.chunks()]
+    assert len(chunks) == 7  # six tokens and the done line
+    assert all(chunk.count(b"\n") == 1 and chunk.endswith(b"\n") for chunk in chunks)
+
+
 @each_target(["socket"])
 async def test_chunks_arrive_as_sent_and_leaving_early_aborts_the_generation(
     setup: Setup,
