@@ -10,16 +10,22 @@ Usage: python bench/bench_jobs.py [--quick] [--submissions N] [--rounds R] [--jo
    so the server is what is measured) and httpx.AsyncClient (16 connections in one process:
    its own CPU per request is about the server's, so on a small machine it measures itself).
    Rates, server CPU per submission, and the client's CPU.
-2. Webhook fan-out. The simulator with zero delays. J jobs (default 1,000) are queued behind a
-   hold and released at once, with and without a `state_webhook_url` pointing at a local
-   receiver (its own process, a bare asyncio server answering 200); fresh server each time,
-   alternating rounds. The worker's throughput is J over the span from the first job's
-   `started_at` to the last one's `finished_at` (read back from GET /jobs afterwards, so
-   nothing polls the server hard while it works). The delivery rate is the events (working,
+2. Webhook fan-out, twice: with a target that answers each job after 10 ms (shorter than any
+   real model's answer; the goal is judged here) and with one that answers at once (a stress
+   figure: the worker then never pauses, so deliveries wait until it does, ADR 0009). J jobs
+   (default 1,000) are queued behind a hold and released at once, with and without a
+   `state_webhook_url` pointing at a local receiver (its own process, a bare asyncio server
+   answering 200); fresh server each time,
+   alternating rounds. The first job is the one the hold catches, so it finishes at the
+   release; the worker's throughput is the other J - 1 over the span from its `finished_at`
+   to the last one's (read back from GET /jobs afterwards, so nothing polls the server hard
+   while it works; the first job's `started_at` is before the hold, and counting from it
+   charged the wait for the queued events to the run). The delivery rate is the events (working,
    done) received after the release over the time to the last of them; queued events are
    delivered before the release, so only the run overlaps the deliveries.
 
-Prints markdown and checks the goals: >= 1,000 durable submissions/s, throughput ratio >= 0.95.
+Prints markdown and checks the goals: >= 1,000 durable submissions/s, throughput ratio >= 0.95
+(10 ms target).
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ MODEL = "llama3.2"
 GOAL_SUBMISSIONS = 1_000.0
 GOAL_RATIO = 0.95
 ZERO_DELAYS = ("--load-delay", "0", "--ttft", "0", "--token-delay", "0", "--tokens", "8")
-SLOW_TTFT = 0.01
-"""Seconds the target waits before answering in the context measurement (a short real job)."""
+JOB_TTFT = 0.01
+"""Seconds the target waits before answering in the fan-out goal's run: a job shorter than any
+real model's answer, so the worker's loop is as busy as it gets with real work."""
 SERVER_ENV = {"FOREMAN_MAX_QUEUE": "1000000", "FOREMAN_LOG_LEVEL": "warning"}
 
 
@@ -242,8 +249,9 @@ class FanOut:
 
     @property
     def throughput(self) -> float:
-        """Jobs per second, first start to last finish."""
-        return self.jobs / self.span
+        """Jobs per second after the release: the held first job finishes at the release, the
+        other J - 1 over the span from then to the last finish."""
+        return (self.jobs - 1) / self.span
 
     @property
     def delivery_rate(self) -> float:
@@ -304,9 +312,11 @@ def fan_out_round(
         httpx.post(f"{sim.url}/_sim/release").raise_for_status()
         done = wait_for(lambda: finished_jobs(server.url, jobs), 300, "the jobs", 0.05)
         server_cpu = cpu_seconds(server.pid) - cpu_before
-        started = min(moment(job["started_at"]) for job in done)
+        # The first job was claimed before the hold, so its start says nothing about the run:
+        # the run is from its finish (the release) to the last finish, on the server's clock.
+        released_at = min(moment(job["finished_at"]) for job in done)
         finished = max(moment(job["finished_at"]) for job in done)
-        result = FanOut(with_webhooks, jobs, (finished - started).total_seconds(), server_cpu)
+        result = FanOut(with_webhooks, jobs, (finished - released_at).total_seconds(), server_cpu)
         if with_webhooks:
             expected = 3 * jobs  # queued, working, done
             events = wait_for(
@@ -324,7 +334,8 @@ def fan_out_round(
 
 
 def report_fan_out(results: list[FanOut], jobs: int, ttft: float = 0.0) -> list[str]:
-    """Print the fan-out table; the goal lines (only for the zero-delay target)."""
+    """Print the fan-out table; the goal line (only for the target with a delay: with none,
+    deliveries wait for the worker's first pause, so they hardly run beside it at all)."""
     target = "zero-delay target" if not ttft else f"target answering after {ttft * 1e3:g} ms"
     print(f"### Webhook fan-out: {jobs:,} jobs per round, {target}\n")
     print(
@@ -354,7 +365,7 @@ def report_fan_out(results: list[FanOut], jobs: int, ttft: float = 0.0) -> list[
     )
     verdict = "yes" if complete else "NO"
     print(f"Every event (queued, working, done of each job) delivered: {verdict}.\n")
-    if ttft:
+    if not ttft:
         return []
     return [
         f"| worker throughput with webhooks / without >= {GOAL_RATIO} | {ratio:.2f} "
@@ -424,14 +435,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke-sized run")
     parser.add_argument("--submissions", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=1_000)
-    parser.add_argument(
-        "--slow-jobs", type=int, default=300, help="jobs per round with a 10 ms target"
-    )
+    parser.add_argument("--jobs", type=int, default=1_000, help="jobs per fan-out round")
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.submissions, args.rounds, args.jobs, args.slow_jobs = 500, 1, 100, 50
+        args.submissions, args.rounds, args.jobs = 500, 1, 100
     return args
 
 
@@ -455,18 +463,13 @@ def main() -> None:
         goals += report_acceptance(accepted, args.submissions)
         receiver = Receiver()
         try:
-            fanned = []
-            for _ in range(args.rounds):
-                for with_webhooks in (False, True):
-                    fanned.append(fan_out_round(sim, receiver, args.jobs, with_webhooks))
-            goals += report_fan_out(fanned, args.jobs)
-            slow = []
-            for _ in range(args.rounds):
-                for with_webhooks in (False, True):
-                    slow.append(
-                        fan_out_round(sim, receiver, args.slow_jobs, with_webhooks, SLOW_TTFT)
-                    )
-            report_fan_out(slow, args.slow_jobs, SLOW_TTFT)
+            for ttft in (JOB_TTFT, 0.0):
+                fanned = [
+                    fan_out_round(sim, receiver, args.jobs, with_webhooks, ttft)
+                    for _ in range(args.rounds)
+                    for with_webhooks in (False, True)
+                ]
+                goals += report_fan_out(fanned, args.jobs, ttft)
         finally:
             receiver.stop()
     print("| goal | measured | met |")
