@@ -1,7 +1,7 @@
 """Benchmark of foreman's passthrough: `POST /api/embed` through foreman against the target itself.
 
 Usage: python bench/bench_passthrough.py [--seconds N] [--rounds R] [--clients C]
-       [--latency-seconds L] [--starts K] [--skip-startup] [--pin]
+       [--latency-seconds L] [--starts K] [--skip-startup]
 
 1. Embedding passthrough. One simulated Ollama process and `foreman serve` processes in front of
    it; C keep-alive connections (default 8) post embed requests as fast as answers come back, for
@@ -13,9 +13,6 @@ Usage: python bench/bench_passthrough.py [--seconds N] [--rounds R] [--clients C
    it costs far less CPU per request than either server; each process's CPU time per request,
    and the CPU other processes on the machine took meanwhile, are reported beside the throughput
    because everything shares the machine's cores.
-   With --pin the simulator gets CPU 1 to itself and foreman and the client share CPU 0, the
-   way Ollama's work runs on its own GPU rather than on the cores foreman uses; without it every
-   process competes for both cores with the simulator's CPU-bound embeddings.
 2. Idle RSS (VmRSS, VmHWM) of `foreman serve` after start-up and a few requests.
 3. Start-up time to the first 200 from /healthz, median of K starts (default 5), with the
    simulator as target, with a target that refuses connections, and with one that never answers.
@@ -381,21 +378,12 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--starts", type=int, default=5, help="start-ups timed per target kind")
     parser.add_argument("--skip-startup", action="store_true", help="passthrough and RSS only")
-    parser.add_argument(
-        "--pin", action="store_true", help="simulator on CPU 1, foreman and client on CPU 0"
-    )
     return parser.parse_args()
 
 
 def goal_line(name: str, measured: str, met: bool) -> str:
     """One row of the goals table."""
     return f"| {name} | {measured} | {'yes' if met else 'NO'} |"
-
-
-def pin(pid: int, cpu: int) -> None:
-    """Keep every thread of process `pid` on CPU `cpu`."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), {cpu})
 
 
 def run_passthrough(
@@ -407,11 +395,6 @@ def run_passthrough(
         Foreman(simulator.url) as default,
         Foreman(simulator.url, {"FOREMAN_LOG_LEVEL": "warning"}) as quiet,
     ):
-        if args.pin:
-            pin(simulator.pid, 1)
-            for pid in (default.pid, quiet.pid, os.getpid()):
-                pin(pid, 0)
-            print("Pinned: the simulator on CPU 1; foreman and the client on CPU 0.\n")
         targets = [
             Target("simulator directly", simulator.url, {}),
             Target("foreman (defaults)", default.url, {"foreman": default.pid}),
