@@ -29,12 +29,15 @@ class PollingModelInventory:
     """Which models the target has installed (/api/tags) and loaded (/api/ps).
 
     Polls every `interval` seconds in `run()`. A failed poll keeps the last good answers and
-    marks the inventory degraded until a poll succeeds again. Concurrent refreshes share one
+    marks the inventory degraded until a poll succeeds again (polled every `degraded_interval`
+    meanwhile). Concurrent refreshes share one
     request pair, so a burst of unknown-model checks does not stampede the target.
     """
 
     POLL_TIMEOUT = 5.0
     """Seconds a poll may take; a target that accepts connections but never answers is down."""
+    DEGRADED_INTERVAL = 2.0
+    """Seconds between polls while the target is unreachable."""
 
     def __init__(
         self,
@@ -43,10 +46,12 @@ class PollingModelInventory:
         logger: logging.Logger | None = None,
         *,
         poll_timeout: float = POLL_TIMEOUT,
+        degraded_interval: float = DEGRADED_INTERVAL,
     ) -> None:
         self._target = target
         self._interval = interval
         self._poll_timeout = poll_timeout
+        self._degraded_interval = degraded_interval
         self._log = logger or logging.getLogger(__name__)
         self._tags: dict[str, Any] = {"models": []}
         self._ps: dict[str, Any] = {"models": []}
@@ -87,11 +92,17 @@ class PollingModelInventory:
         await asyncio.shield(self._in_flight)
 
     async def run(self) -> None:
-        """Refresh every `interval` seconds until cancelled."""
+        """Refresh every `interval` seconds until cancelled; every `degraded_interval` (if
+        shorter) while the target is unreachable, however that was found out, so that work
+        held for it resumes soon after it is back."""
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
         try:
             while True:
-                await self.refresh()
-                await asyncio.sleep(self._interval)
+                if self._degraded or loop.time() >= next_poll:
+                    await self.refresh()
+                    next_poll = loop.time() + self._interval
+                await asyncio.sleep(min(self._interval, self._degraded_interval))
         finally:
             if self._in_flight is not None:
                 self._in_flight.cancel()

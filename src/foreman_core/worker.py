@@ -19,7 +19,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from foreman_core import job as jobs
-from foreman_core.errors import QueueFull, StaleJob, TargetError, TargetRejected
+from foreman_core.errors import (
+    QueueFull,
+    StaleJob,
+    TargetError,
+    TargetRejected,
+    TargetUnreachable,
+)
 from foreman_core.job import RUNNING_STATES, Artifact, Job, JobState, normalize_model
 from foreman_core.lull import WorkerLull
 from foreman_core.payloads import load_body, result_artifacts, target_body
@@ -223,6 +229,9 @@ class Worker:
         self._stopping = False
         self._looping = False
         self._loop_exited = asyncio.Event()
+        # Set when an attempt found the target unreachable: look again before the next claim.
+        self._target_in_doubt = False
+        self._target_down = False
 
     # -- the handlers' side ----------------------------------------------------------------
 
@@ -385,8 +394,11 @@ class Worker:
             self._lull.busy()
 
     async def _dispatch_next(self) -> bool:
-        """Claim and run one job; False when none is eligible."""
+        """Claim and run one job; False when none is eligible, or while work waits for an
+        unreachable target."""
         self._wakeup.clear()  # before claiming, so a wake() during the job is not lost
+        if await self._hold_for_target():
+            return False
         now = self._clock.now()
         job = self._store.claim_next(resident=self.resident, now=now, max_wait=self._max_wait)
         if job is None:
@@ -406,6 +418,24 @@ class Worker:
         finally:
             self._running = None
         return True
+
+    async def _hold_for_target(self) -> bool:
+        """Whether to leave the queue alone because Ollama is unreachable (ADR 0011).
+
+        Queued work then waits instead of spending its attempts on a target that is down; a
+        client waiting on a sync request is still served, so it gets its answer or its 502.
+        """
+        if self._target_in_doubt:
+            self._target_in_doubt = False
+            await self._inventory.refresh()
+        down = self._inventory.degraded
+        if down != self._target_down:
+            self._target_down = down
+            if down:
+                self._log.warning("worker: Ollama is unreachable; queued jobs wait for it")
+            else:
+                self._log.info("worker: Ollama answers again; dispatching")
+        return down and not self._live
 
     async def _await_run(self, run: _Run) -> None:
         try:
@@ -478,6 +508,8 @@ class Worker:
             self._durations.append((now - run.started_at).total_seconds())
 
     def _after_target_error(self, run: _Run, error: TargetError) -> None:
+        if isinstance(error, TargetUnreachable):
+            self._target_in_doubt = True
         if run.live is not None and run.live.started:
             self._give_up(run, str(error) or type(error).__name__, status=502)
             return

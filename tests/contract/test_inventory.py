@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -30,6 +30,13 @@ async def inventory(sim: SimulatedOllama) -> AsyncIterator[PollingModelInventory
 
 def polls(sim: SimulatedOllama) -> int:
     return sim.requests["/api/tags"]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (at most 10 s) for a condition on the inventory, which has no event to await."""
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 async def test_a_refresh_copies_tags_and_ps_as_ollama_shaped_them(
@@ -122,6 +129,29 @@ async def test_a_stopped_server_degrades_then_a_restarted_one_recovers() -> None
             await stranded.refresh()
         assert not stranded.degraded
         assert stranded.tags() == sim.library.tags()
+
+
+async def test_while_degraded_the_target_is_polled_every_degraded_interval() -> None:
+    sim = SimulatedOllama()
+    async with AiohttpTransport() as transport:
+        async with serve_simulator(sim) as running:
+            port = running.port
+            target = OllamaTarget(transport, f"http://127.0.0.1:{port}")
+            inventory = PollingModelInventory(target, interval=3600, degraded_interval=0.01)
+            poller = asyncio.ensure_future(inventory.run())
+            await until(lambda: bool(inventory.tags()["models"]))
+        try:
+            await inventory.refresh()  # as the worker does when a job finds the target gone
+            assert inventory.degraded
+            async with serve_simulator(sim, port=port):
+                # The poller is an hour from its next regular poll: only the degraded interval
+                # brings one.
+                await until(lambda: not inventory.degraded)
+            assert polls(sim) >= 2
+        finally:
+            poller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await poller
 
 
 async def test_http_errors_degrade_too() -> None:

@@ -247,7 +247,7 @@ def test_a_target_400_is_relayed_at_once_and_not_retried(
     assert stats["requests"]["/api/chat"] + stats["requests"]["/api/generate"] == chats_before + 3
 
 
-def test_a_target_down_longer_than_the_attempts_fails_with_502_and_nothing_sticks(
+def test_a_target_down_longer_than_the_attempts_fails_a_waiting_client_but_queued_work_waits(
     foreman_server: StartServer, simulator: SimulatorProcess
 ) -> None:
     server = foreman_server(env={"FOREMAN_MAX_ATTEMPTS": "2"})
@@ -266,11 +266,18 @@ def test_a_target_down_longer_than_the_attempts_fails_with_502_and_nothing_stick
 
     simulator.reset()
     simulator.faults(down=True)
-    job = jobs.wait_for_state(jobs.submit(chat_body(LLAMA, "async never answered")))
-    assert (job["state"], job["attempts"]) == ("failed", 2)
-    assert job["error"]
+    waiting = jobs.submit(chat_body(LLAMA, "async, answered once Ollama is back"))
+    # With 2 attempts and a 1 s backoff the job would have failed by now; it waits instead.
+    wait_until(
+        lambda: "queued jobs wait for it" in server.log(), TIMEOUT, "the worker to hold the queue"
+    )
+    held = jobs.get(waiting)
+    assert (held["state"], held["attempts"] <= 1) == ("queued", True)
+    assert httpx.get(f"{server.url}/healthz").json()["degraded"] is True
 
     simulator.faults(down=False)
+    job = jobs.wait_for_state(waiting)
+    assert (job["state"], job["attempts"] <= 2) == ("done", True)
     assert sync_chat(server.url, LLAMA, "back up") == reply(LLAMA, "back up")
     assert jobs.list("queued") == []
     assert [j for j in jobs.list() if j["state"] in ("loading", "working")] == []

@@ -171,12 +171,14 @@ class FakeTarget:
 
 
 class FakeInventory:
-    """A ModelInventory whose loaded models the test sets."""
-
-    degraded = False
+    """A ModelInventory whose loaded models the test sets; a refresh finds the inventory
+    degraded while the test says the target is down."""
 
     def __init__(self, loaded: Sequence[str] = ()) -> None:
         self.loaded = list(loaded)
+        self.degraded = False
+        self.target_down = False
+        self.refreshes = 0
 
     def resident(self) -> list[str]:
         """The models set as loaded."""
@@ -187,7 +189,9 @@ class FakeInventory:
         return True
 
     async def refresh(self) -> None:
-        """Nothing to poll."""
+        """Poll the fake target."""
+        self.refreshes += 1
+        self.degraded = self.target_down
 
 
 class FakeClock:
@@ -206,6 +210,8 @@ class FakeClock:
 
 
 # -- the rig -----------------------------------------------------------------------------
+
+WAIT = 10.0
 
 
 async def eventually(condition: Callable[[], bool], what: str) -> None:
@@ -724,9 +730,62 @@ async def test_stop_fails_sync_jobs_and_releases_their_clients(rig: Rig) -> None
     assert rig.store.get(waiting.id).state == JobState.CANCELLED
 
 
-# -- the lull ------------------------------------------------------------------------------
+# -- an unreachable target -------------------------------------------------------------------
 
-WAIT = 10.0
+
+async def test_queued_jobs_wait_while_the_target_is_unreachable_without_spending_attempts(
+    rig: Rig,
+) -> None:
+    lull = WorkerLull()
+    rig.inventory.degraded = True
+    await rig.start(lull=lull)
+    job, _ = rig.submit()
+    assert await lull.wait(WAIT)  # the worker looked at the queue and went idle
+
+    assert rig.target.calls == []
+    assert (rig.store.get(job.id).state, rig.store.get(job.id).attempts) == (JobState.QUEUED, 0)
+
+    rig.inventory.degraded = False
+    rig.worker.wake()
+    done = await rig.settled(job.id, JobState.DONE)
+    assert done.attempts == 1
+
+
+async def test_an_unreachable_target_is_polled_before_the_next_claim_and_holds_the_queue(
+    rig: Rig,
+) -> None:
+    lull = WorkerLull()
+    rig.inventory.target_down = True
+    rig.target.script(Refuse(TargetUnreachable("connection refused")))
+    await rig.start(lull=lull)  # RetryPolicy with no backoff: without the hold, retried at once
+    first, _ = rig.submit()
+    second, _ = rig.submit()
+    await rig.settled(first.id, JobState.QUEUED, attempts=1)
+    assert await lull.wait(WAIT)
+
+    assert rig.inventory.refreshes == 1
+    assert len(rig.target.requests) == 1
+    assert rig.store.get(first.id).attempts == 1
+    assert rig.store.get(second.id).attempts == 0
+
+    rig.inventory.target_down = rig.inventory.degraded = False
+    rig.worker.wake()
+    assert (await rig.settled(first.id, JobState.DONE)).attempts == 2
+    assert (await rig.settled(second.id, JobState.DONE)).attempts == 1
+
+
+async def test_a_waiting_client_is_served_even_while_the_target_is_unreachable(rig: Rig) -> None:
+    rig.inventory.degraded = True
+    await rig.start()
+    job, live = rig.submit(sync=True)
+    assert live is not None
+
+    assert await live.start() == ResponseStarted(200, NDJSON)
+    assert await read_all(live) == [DONE_LINE]
+    assert (await rig.settled(job.id, JobState.DONE)).attempts == 1
+
+
+# -- the lull ------------------------------------------------------------------------------
 
 
 async def test_the_worker_has_a_lull_while_idle_and_while_the_target_keeps_it_waiting(
