@@ -1,10 +1,11 @@
 """`AiohttpTransport`: httpx's client API over an aiohttp connection pool (ADR 0008).
 
-The adapters keep taking an `httpx.AsyncClient` (tests hand them `httpx.ASGITransport`); the
-clients foreman builds for real traffic carry their bytes through this transport, which costs
-about a third of the CPU of httpx's own per request. It speaks plain HTTP/1.1 and HTTPS (with
-httpx's default certificate checks) and raises httpx's exception classes, so callers cannot
-tell it from httpx's transport.
+The adapters keep speaking httpx — `OllamaTarget` hands httpx `Request`s to a transport, the
+webhook sender uses an `httpx.AsyncClient` — so tests give them `httpx.ASGITransport` over a
+fake; for real traffic foreman gives them this transport, which costs about a third of the CPU
+of httpx's own per request. It speaks plain HTTP/1.1 and HTTPS (with httpx's default
+certificate checks) and raises httpx's exception classes, so callers cannot tell it from
+httpx's transport.
 """
 
 from __future__ import annotations
