@@ -43,6 +43,9 @@ SHUTDOWN_STATUS = 503
 STOPPED_MESSAGE = "interrupted: foreman stopped while the job ran"
 SHUTTING_DOWN_MESSAGE = "foreman is shutting down"
 CANCELLED_MESSAGE = "job cancelled"
+TARGET_GONE_GRACE = timedelta(seconds=30)
+"""How long the target may send nothing for the running job while it also fails the
+inventory's polls, before the job's request is given up as unreachable (ADR 0012)."""
 
 
 def error_body(message: str) -> bytes:
@@ -160,6 +163,7 @@ class LiveResponse:
 class _Abort(StrEnum):
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
+    TARGET_GONE = "target gone"
 
 
 @dataclass(slots=True)
@@ -171,6 +175,8 @@ class _Run:
     started_at: datetime
     task: asyncio.Task[None] | None = None
     abort_reason: _Abort | None = None
+    last_byte_at: datetime | None = None
+    """When the target last sent anything for this job (None: nothing yet)."""
 
     def abort(self, reason: _Abort) -> None:
         if self.abort_reason is None:
@@ -206,6 +212,8 @@ class Worker:
         idle_recheck: float = 1.0,
         on_transition: Callable[[], None] | None = None,
         lull: WorkerLull | None = None,
+        target_gone_grace: timedelta = TARGET_GONE_GRACE,
+        running_recheck: float = 1.0,
     ) -> None:
         self._store = store
         self._target = target
@@ -232,6 +240,10 @@ class Worker:
         # Set when an attempt found the target unreachable: look again before the next claim.
         self._target_in_doubt = False
         self._target_down = False
+        # Watching the running job for a target that stopped answering (ADR 0012).
+        self._target_gone_grace = target_gone_grace
+        self._running_recheck = running_recheck
+        self._unanswered_since: datetime | None = None
 
     # -- the handlers' side ----------------------------------------------------------------
 
@@ -439,7 +451,11 @@ class Worker:
 
     async def _await_run(self, run: _Run) -> None:
         try:
-            await run.ended()
+            while not await run.ended(self._running_recheck):
+                if self._target_gone(run):
+                    run.abort(_Abort.TARGET_GONE)
+                    await run.ended()
+                    break
         except asyncio.CancelledError:
             # run() itself was cancelled instead of stopped: still leave the job in order.
             run.abort(_Abort.SHUTDOWN)
@@ -448,13 +464,26 @@ class Worker:
             raise
         self._settle(run)
 
+    def _target_gone(self, run: _Run) -> bool:
+        """Whether the running job's target has neither sent it anything nor answered the
+        inventory's polls for `target_gone_grace`: a hung or vanished Ollama (ADR 0012)."""
+        now = self._clock.now()
+        if not self._inventory.degraded:
+            self._unanswered_since = None
+            return False
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        silent_since = run.last_byte_at or run.started_at
+        grace = self._target_gone_grace
+        return now - self._unanswered_since >= grace and now - silent_since >= grace
+
     # -- one job ---------------------------------------------------------------------------
 
     async def _attempt(self, run: _Run) -> None:
         """Load if needed, then run the request; every outcome but cancellation is handled here."""
         try:
             if run.job.state == JobState.LOADING:
-                await self._load(run.job)
+                await self._load(run)
                 working = self._save(
                     jobs.mark_working(run.job, self._clock.now()), expected=JobState.LOADING
                 )
@@ -471,12 +500,12 @@ class Worker:
             self._log.exception("job %s: unexpected error", run.job.id)
             self._give_up(run, str(error) or type(error).__name__, status=500)
 
-    async def _load(self, job: Job) -> None:
+    async def _load(self, run: _Run) -> None:
         with self._lull.waiting_on_target():
-            async with self._target.open(jobs.CHAT, load_body(job)) as response:
+            async with self._target.open(jobs.CHAT, load_body(run.job)) as response:
                 async for _ in response.chunks():
-                    pass
-        self._recent = job.residency
+                    run.last_byte_at = self._clock.now()
+        self._recent = run.job.residency
 
     async def _relay(self, run: _Run) -> None:
         live = run.live
@@ -486,6 +515,7 @@ class Worker:
                 self._recent = run.job.residency
                 live._begin(ResponseStarted(response.status, response.content_type))
                 async for chunk in response.chunks():
+                    run.last_byte_at = self._clock.now()
                     live._send(chunk)
         # Sync jobs keep bookkeeping only: the client already has the bytes.
         self._finish(run, result=None)
@@ -495,7 +525,11 @@ class Worker:
         with self._lull.waiting_on_target():
             async with self._target.open(run.job.kind, target_body(run.job)) as response:
                 self._recent = run.job.residency
-                body = b"".join([chunk async for chunk in response.chunks()])
+                parts = []
+                async for chunk in response.chunks():
+                    run.last_byte_at = self._clock.now()
+                    parts.append(chunk)
+                body = b"".join(parts)
         artifacts = result_artifacts(run.job.kind, json.loads(body))
         self._finish(run, result=body, artifacts=artifacts)
 
@@ -554,6 +588,14 @@ class Worker:
         if run.abort_reason == _Abort.CANCELLED:
             if run.live is not None:
                 run.live._abort(CANCELLED_STATUS, CANCELLED_MESSAGE)
+        elif run.abort_reason == _Abort.TARGET_GONE:
+            grace = self._target_gone_grace.total_seconds()
+            self._log.warning(
+                "job %s: Ollama sent nothing for %gs and is unreachable", run.job.id, grace
+            )
+            self._after_target_error(
+                run, TargetUnreachable(f"Ollama stopped answering (nothing for {grace:g}s)")
+            )
         elif task.cancelled() or run.abort_reason == _Abort.SHUTDOWN:
             self._interrupt(run)
         if run.live is not None and not run.live.finished and not self._is_queued(run.job.id):

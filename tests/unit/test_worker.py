@@ -240,6 +240,7 @@ class Rig:
         policy: RetryPolicy | None = None,
         max_wait: timedelta = timedelta(minutes=10),
         lull: WorkerLull | None = None,
+        running_recheck: float = 1.0,
     ) -> Worker:
         """Build the worker and run its loop. No polling: only wake() and backoffs wake it."""
         self.worker = Worker(
@@ -251,6 +252,7 @@ class Rig:
             max_wait=max_wait,
             idle_recheck=3600.0,
             lull=lull,
+            running_recheck=running_recheck,
         )
         self.loop = asyncio.create_task(self.worker.run())
         return self.worker
@@ -783,6 +785,68 @@ async def test_a_waiting_client_is_served_even_while_the_target_is_unreachable(r
     assert await live.start() == ResponseStarted(200, NDJSON)
     assert await read_all(live) == [DONE_LINE]
     assert (await rig.settled(job.id, JobState.DONE)).attempts == 1
+
+
+class WatchedInventory(FakeInventory):
+    """Counts how often the worker looks at `degraded`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+        self._degraded = False
+
+    @property  # type: ignore[override]
+    def degraded(self) -> bool:
+        self.looks += 1
+        return self._degraded
+
+    @degraded.setter
+    def degraded(self, value: bool) -> None:
+        self._degraded = value
+
+
+async def test_a_running_job_whose_target_went_silent_and_unreachable_is_retried(
+    rig: Rig,
+) -> None:
+    reply = Reply(pause_before=0)  # the request is sent; nothing ever comes back
+    rig.target.script(reply)
+    await rig.start(running_recheck=0.001)
+    job, _ = rig.submit()
+    await reply.paused.wait()
+    rig.inventory.target_down = rig.inventory.degraded = True
+
+    def given_up() -> bool:
+        rig.clock.advance(10)  # fake time passes only here: 10 s per look
+        return rig.store.get(job.id).state == JobState.QUEUED
+
+    await eventually(given_up, "the silent request to be given up")
+    requeued = rig.store.get(job.id)
+    assert requeued.attempts == 1
+    assert "Ollama stopped answering" in (requeued.error or "")
+    assert rig.target.requests[0].exited_with is asyncio.CancelledError
+
+    rig.inventory.target_down = rig.inventory.degraded = False
+    rig.worker.wake()
+    assert (await rig.settled(job.id, JobState.DONE)).attempts == 2
+
+
+async def test_a_slow_target_that_answers_polls_keeps_its_job_however_long_it_takes() -> None:
+    rig = Rig()
+    rig.inventory = WatchedInventory()
+    reply = Reply(pause_before=0)
+    rig.target.script(reply)
+    await rig.start(running_recheck=0.001)
+    try:
+        job, _ = rig.submit()
+        await reply.paused.wait()
+        rig.clock.advance(24 * 3600)
+        looks = rig.inventory.looks
+        await eventually(lambda: rig.inventory.looks >= looks + 3, "the worker to look again")
+
+        reply.resume.set()
+        assert (await rig.settled(job.id, JobState.DONE)).attempts == 1
+    finally:
+        await rig.close()
 
 
 # -- the lull ------------------------------------------------------------------------------
