@@ -23,16 +23,24 @@ TimeoutKey = tuple[float | None, float | None]
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Sends httpx requests on one lazily opened `aiohttp.ClientSession`: up to
-    `max_connections` at once, idle ones kept `keepalive_expiry` seconds for reuse.
+    `max_connections` at once, idle ones kept `keepalive_expiry` seconds for reuse, host names
+    looked up by `resolver` (aiohttp's default when None).
 
     Honours httpx's connect and read timeouts (an unset one is no limit: there is no overall
     deadline). Redirects are never followed here and bodies are passed on undecoded; the httpx
     client above decides both. Cookies are neither stored nor sent.
     """
 
-    def __init__(self, *, max_connections: int = 100, keepalive_expiry: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 100,
+        keepalive_expiry: float = 30.0,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
+    ) -> None:
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[TimeoutKey, aiohttp.ClientTimeout] = {}
         self._tls: ssl.SSLContext | None = None
@@ -70,7 +78,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
+                limit=self._max_connections,
+                keepalive_timeout=self._keepalive_expiry,
+                resolver=self._resolver,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
+import aiohttp
+import aiohttp.abc
 import httpx
 
 from foreman_adapters.aiohttp_transport import AiohttpTransport
@@ -57,22 +60,27 @@ class WebhookHostPolicy:
         """Whether any host is refused at all."""
         return bool(self._hostnames or self._networks)
 
+    def trusts_any_address_of(self, host: str) -> bool:
+        """Whether `host` passes whatever it resolves to: no restriction, or a listed name."""
+        return not self.restricts or _canonical_host(host) in self._hostnames
+
     async def check(self, url: str) -> None:
         """Raise `WebhookUrlRefused` unless foreman may POST to `url`."""
         host, port = _host_and_port(url)
-        if not self.restricts or _canonical_host(host) in self._hostnames:
+        if self.trusts_any_address_of(host):
             return
         if not self._networks:
             raise WebhookUrlRefused(
                 f"webhook host {host!r} is not listed in {ALLOWED_HOSTS_VARIABLE}"
             )
         for address in await _resolve(host, port):
-            if not self._permits(address):
+            if not self.permits(address):
                 raise WebhookUrlRefused(
                     f"webhook host {host!r} resolves to {address}, outside {ALLOWED_HOSTS_VARIABLE}"
                 )
 
-    def _permits(self, address: IpAddress) -> bool:
+    def permits(self, address: IpAddress) -> bool:
+        """Whether `address` lies in a listed network."""
         candidates: list[IpAddress] = [address]
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             candidates.append(address.ipv4_mapped)
@@ -129,10 +137,49 @@ def _ip_literal(host: str) -> IpAddress | None:
         return None
 
 
-def webhook_http_client() -> httpx.AsyncClient:
+class AllowedAddressResolver(aiohttp.abc.AbstractResolver):
+    """Looks up a receiver's host for the connection itself and keeps only the addresses the
+    policy permits, so that the addresses checked are the addresses connected to: a name that
+    resolves to an allowed address for the check and to an internal one a moment later (DNS
+    rebinding) cannot get past the allow-list."""
+
+    def __init__(self, policy: WebhookHostPolicy) -> None:
+        self._policy = policy
+        self._dns = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        """The permitted addresses of `host`; OSError when there are none."""
+        found = await self._dns.resolve(host, port, family)
+        if self._policy.trusts_any_address_of(host):
+            return found
+        permitted = [r for r in found if _permitted(self._policy, r["host"])]
+        if not permitted:
+            # aiohttp shows an OSError's strerror in its connection error: give it one.
+            raise OSError(
+                errno.EACCES,
+                f"webhook host {host!r} resolves to no address allowed by {ALLOWED_HOSTS_VARIABLE}",
+            )
+        return permitted
+
+    async def close(self) -> None:
+        """Release the lookup threads' resources."""
+        await self._dns.close()
+
+
+def _permitted(policy: WebhookHostPolicy, address: str) -> bool:
+    literal = _ip_literal(address)
+    return literal is not None and policy.permits(literal)
+
+
+def webhook_http_client(policy: WebhookHostPolicy | None = None) -> httpx.AsyncClient:
     """The client deliveries go out on: keeps connections to receivers for reuse, never follows
-    redirects, and runs on aiohttp's transport (ADR 0008)."""
-    return httpx.AsyncClient(transport=AiohttpTransport(), follow_redirects=False)
+    redirects, runs on aiohttp's transport (ADR 0008), and connects only to addresses `policy`
+    permits."""
+    resolver = AllowedAddressResolver(policy) if policy is not None and policy.restricts else None
+    transport = AiohttpTransport(resolver=resolver)
+    return httpx.AsyncClient(transport=transport, follow_redirects=False)
 
 
 class HttpWebhookSender:

@@ -53,10 +53,10 @@ class Container(containers.DeclarativeContainer):
         interval=settings.provided.poll_interval.total_seconds.call(),
     )
 
-    webhook_http = providers.Singleton(webhook_http_client)
     webhook_policy = providers.Singleton(
         WebhookHostPolicy, allowed=providers.Callable(_allowed_hosts, settings)
     )
+    webhook_http = providers.Singleton(webhook_http_client, policy=webhook_policy)
     webhook_sender = providers.Singleton(
         HttpWebhookSender,
         http=webhook_http,

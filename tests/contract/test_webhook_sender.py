@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from foreman_adapters.webhooks import (
     KEPT_RESPONSE_BYTES,
+    AllowedAddressResolver,
     HttpWebhookSender,
     WebhookHostPolicy,
     WebhookUrlRefused,
@@ -424,3 +425,37 @@ async def test_the_policy_refuses(allowed: str | None, url: str, reason: str) ->
 
 def test_a_refused_url_is_a_value_error() -> None:
     assert issubclass(WebhookUrlRefused, ValueError)
+
+
+# -- the allow-list at connection time --------------------------------------------------------
+
+
+async def test_the_resolver_keeps_only_allowed_addresses() -> None:
+    allowing = AllowedAddressResolver(WebhookHostPolicy("127.0.0.0/8"))
+    refusing = AllowedAddressResolver(WebhookHostPolicy("10.0.0.0/8"))
+    naming = AllowedAddressResolver(WebhookHostPolicy("localhost"))
+    try:
+        assert [r["host"] for r in await allowing.resolve("localhost")] == ["127.0.0.1"]
+        with pytest.raises(OSError, match="no address allowed"):
+            await refusing.resolve("localhost")
+        assert [r["host"] for r in await naming.resolve("localhost")] == ["127.0.0.1"]
+    finally:
+        for resolver in (allowing, refusing, naming):
+            await resolver.close()
+
+
+async def test_a_host_that_resolves_elsewhere_at_connection_time_is_not_reached(
+    receiver: Receiver, clock: FakeClock
+) -> None:
+    # The sender's own check is left out (policy=None), as if the name had resolved to an
+    # allowed address for it and to this one a moment later: the connection still refuses.
+    url = receiver.url("/ok").replace("127.0.0.1", "localhost")
+    async with webhook_http_client(WebhookHostPolicy("10.0.0.0/8")) as http:
+        result = await HttpWebhookSender(http, SECRET, clock).send(url, EVENT_ID, BODY)
+    async with webhook_http_client(WebhookHostPolicy("127.0.0.0/8")) as http:
+        allowed = await HttpWebhookSender(http, SECRET, clock).send(url, EVENT_ID, BODY)
+
+    assert not result.ok
+    assert "no address allowed" in (result.error or "")
+    assert allowed.ok
+    assert [r.path for r in receiver.requests] == ["/ok"]
