@@ -247,16 +247,16 @@ class WebhookDispatcher:
             return DeliveryResult(ok=False, error=f"sender failed: {type(exc).__name__}: {exc}")
 
     def render(self, change: StateChange) -> bytes:
-        """The event's body, with the job's result and artifacts as they are now."""
-        artifacts = None
+        """The event's body; a `done` event's with the job's result and artifacts as they are
+        now (only those read the store)."""
+        if change.state != JobState.DONE:
+            return event_body(change, None, None)
         try:
             job = self._store.get(change.job_id)
-            if change.state == JobState.DONE:
-                stored = self._store.list_artifacts(job.id)
-                artifacts = artifact_views(job.id, stored, self._public_url)
+            stored = self._store.list_artifacts(job.id)
         except JobNotFound:
             return event_body(change, None, None)  # pruned meanwhile (FOREMAN_JOB_TTL)
-        return event_body(change, job, artifacts)
+        return event_body(change, job, artifact_views(job.id, stored, self._public_url))
 
     def _record(self, pending: PendingDelivery, result: DeliveryResult) -> None:
         change = pending.event
