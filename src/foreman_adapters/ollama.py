@@ -18,6 +18,7 @@ redirect machinery) cost about 0.25 ms of CPU per call, none of which a relay ne
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,8 +84,9 @@ class OllamaTarget:
     it an `httpx.ASGITransport` over the simulator).
 
     Requests carry only what Ollama needs: the target's own Host, `Content-Type:
-    application/json` with a body, `Authorization: Bearer <token>` when a token is set, and
-    `Accept-Encoding: identity` so relayed bytes are the bytes Ollama wrote. Connecting may
+    application/json` with a body, `Authorization: Bearer <token>` when a token is set (else
+    `Basic` for a `user:password@` in `base_url`), and `Accept-Encoding: identity` so relayed
+    bytes are the bytes Ollama wrote. Connecting may
     take `connect_timeout` seconds; reading has no limit.
     """
 
@@ -96,12 +98,14 @@ class OllamaTarget:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
+        url = httpx.URL(base_url)
         self._transport = transport
         self.base_url = base_url
-        self._root = base_url.rstrip("/")
-        self._host = httpx.URL(base_url).netloc.decode("ascii")
-        self._headers = httpx.Headers(_own_headers(token, has_body=False))
-        self._headers_with_body = httpx.Headers(_own_headers(token, has_body=True))
+        self._root = str(url.copy_with(username=None, password=None)).rstrip("/")
+        self._host = url.netloc.decode("ascii")
+        authorization = f"Bearer {token}" if token else _basic_auth(url)
+        self._headers = httpx.Headers(_own_headers(authorization, has_body=False))
+        self._headers_with_body = httpx.Headers(_own_headers(authorization, has_body=True))
         self._urls: dict[str, httpx.URL] = {}
         self._timeouts = {"connect": connect_timeout, "read": None, "write": None, "pool": None}
 
@@ -203,14 +207,22 @@ class OllamaTarget:
             raise TargetUnreachable(f"target {self._host} unreachable: {_describe(exc)}") from exc
 
 
-def _own_headers(token: str | None, *, has_body: bool) -> dict[str, str]:
+def _own_headers(authorization: str | None, *, has_body: bool) -> dict[str, str]:
     """The headers of every request to the target (httpx adds Host and Content-Length)."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if has_body:
         headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    if authorization:
+        headers["Authorization"] = authorization
     return headers
+
+
+def _basic_auth(url: httpx.URL) -> str | None:
+    """`Basic …` for a `user:password@` in the target's URL (a proxy in front of Ollama)."""
+    if not url.username and not url.password:
+        return None
+    credentials = f"{url.username}:{url.password}".encode()
+    return "Basic " + base64.b64encode(credentials).decode("ascii")
 
 
 async def _read_all(response: httpx.Response) -> bytes:

@@ -4,6 +4,7 @@ else the first installed one that can chat)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import AsyncIterator
@@ -318,19 +319,20 @@ class RecordingApp:
 
 @asynccontextmanager
 async def recorded_target(
-    transport_kind: str, recorder: RecordingApp, token: str | None = None
+    transport_kind: str, recorder: RecordingApp, token: str | None = None, userinfo: str = ""
 ) -> AsyncIterator[OllamaTarget]:
     """A target whose requests reach `recorder`: in-process, or on a socket over foreman's
-    own transport."""
+    own transport; `userinfo` (`user:password`) goes into its URL."""
+    at = f"{userinfo}@" if userinfo else ""
     if transport_kind == "asgi":
         async with httpx.ASGITransport(app=recorder) as transport:
-            yield OllamaTarget(transport, "http://ollama.internal:11434", token=token)
+            yield OllamaTarget(transport, f"http://{at}ollama.internal:11434", token=token)
         return
     async with (
         serve_simulator(recorder) as running,  # type: ignore[arg-type]
         AiohttpTransport() as transport,
     ):
-        yield OllamaTarget(transport, running.url, token=token)
+        yield OllamaTarget(transport, running.url.replace("://", f"://{at}"), token=token)
 
 
 def host_of(url: str) -> str:
@@ -364,6 +366,24 @@ async def test_without_a_token_no_authorization_is_sent(transport_kind: str) -> 
         expected_host = host_of(target.base_url)
     assert "authorization" not in recorder.seen[0].headers
     assert recorder.seen[0].headers["host"] == expected_host
+
+
+@pytest.mark.parametrize("transport_kind", SIMULATED)
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [(None, "Basic " + base64.b64encode(b"alice:s3 cret").decode()), ("tok", "Bearer tok")],
+)
+async def test_credentials_in_the_url_become_basic_auth_unless_a_token_is_set(
+    transport_kind: str, token: str | None, expected: str
+) -> None:
+    recorder = RecordingApp(SimulatedOllama())
+    async with recorded_target(transport_kind, recorder, token, "alice:s3%20cret") as target:
+        assert (await target.version())["version"]
+        async with target.open("chat", chat_body(CHAT_MODEL)) as response:
+            assert response.status == 200
+    for seen in recorder.seen:
+        assert seen.headers["authorization"] == expected
+        assert "alice" not in seen.headers["host"]
 
 
 async def test_an_unknown_kind_is_a_programming_error() -> None:
