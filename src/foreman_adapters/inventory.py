@@ -30,8 +30,8 @@ class PollingModelInventory:
 
     Polls every `interval` seconds in `run()`. A failed poll keeps the last good answers and
     marks the inventory degraded until a poll succeeds again (polled every `degraded_interval`
-    meanwhile). Concurrent refreshes share one
-    request pair, so a burst of unknown-model checks does not stampede the target.
+    meanwhile). Concurrent refreshes share one request pair, so a burst of unknown-model checks
+    does not stampede the target.
     """
 
     POLL_TIMEOUT = 5.0
