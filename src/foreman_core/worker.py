@@ -43,6 +43,7 @@ SHUTDOWN_STATUS = 503
 STOPPED_MESSAGE = "interrupted: foreman stopped while the job ran"
 SHUTTING_DOWN_MESSAGE = "foreman is shutting down"
 CANCELLED_MESSAGE = "job cancelled"
+UNRECORDED_MESSAGE = "interrupted: the job store would not record how the job ended"
 TARGET_GONE_GRACE = timedelta(seconds=30)
 """How long the target may send nothing for the running job while it also fails the
 inventory's polls, before the job's request is given up as unreachable (ADR 0012)."""
@@ -244,6 +245,9 @@ class Worker:
         self._target_gone_grace = target_gone_grace
         self._running_recheck = running_recheck
         self._unanswered_since: datetime | None = None
+        # Jobs whose transition the store refused (locked, disk full): once their run is over,
+        # ended as a crash would end them, before anything else is claimed.
+        self._unrecorded: set[str] = set()
 
     # -- the handlers' side ----------------------------------------------------------------
 
@@ -409,7 +413,9 @@ class Worker:
         """Claim and run one job; False when none is eligible, or while work waits for an
         unreachable target."""
         self._wakeup.clear()  # before claiming, so a wake() during the job is not lost
-        if await self._hold_for_target():
+        for job_id in sorted(self._unrecorded):
+            self._end_if_left_running(job_id)
+        if self._unrecorded or await self._hold_for_target():
             return False
         now = self._clock.now()
         job = self._store.claim_next(resident=self.resident, now=now, max_wait=self._max_wait)
@@ -600,6 +606,28 @@ class Worker:
             self._interrupt(run)
         if run.live is not None and not run.live.finished and not self._is_queued(run.job.id):
             run.live._abort(500, "the job ended without a response")
+        if run.job.id in self._unrecorded:
+            self._end_if_left_running(run.job.id)
+
+    def _end_if_left_running(self, job_id: str) -> None:
+        """After the store refused one of the job's transitions: if it still reads loading or
+        working, end it as crash recovery would (requeued, or failed when sync or out of
+        attempts). Until the store takes that write the worker claims nothing more."""
+        try:
+            current = self._store.get(job_id)
+            if current.state in RUNNING_STATES:
+                ended = self._save(
+                    jobs.end_interrupted(current, self._clock.now(), UNRECORDED_MESSAGE),
+                    expected=current.state,
+                )
+                if ended is not None:
+                    self._log.warning(
+                        "job %s: its end went unrecorded; now %s", job_id, ended.state
+                    )
+        except Exception:
+            self._log.warning("job %s: the store still refuses its end; trying again", job_id)
+            return
+        self._unrecorded.discard(job_id)
 
     def _interrupt(self, run: _Run) -> None:
         """Foreman stops: an async job goes back to the queue, a sync job fails."""
@@ -646,6 +674,9 @@ class Worker:
         except StaleJob as stale:
             self._log.info("job %s: now %s; the worker leaves it", job.id, stale.actual)
             return None
+        except Exception:
+            self._unrecorded.add(job.id)
+            raise
         self._transitioned(saved)
         return saved
 

@@ -849,6 +849,46 @@ async def test_a_slow_target_that_answers_polls_keeps_its_job_however_long_it_ta
         await rig.close()
 
 
+# -- a store that refuses writes ---------------------------------------------------------------
+
+
+class RefusingStore(InMemoryJobStore):
+    """Refuses every save while `refusing` is set, as a locked or full database would."""
+
+    refusing = False
+
+    def save(self, job: Job, **kwargs: Any) -> Job:
+        if self.refusing:
+            raise RuntimeError("database is locked")
+        return super().save(job, **kwargs)
+
+
+async def test_a_job_whose_end_the_store_refused_is_ended_as_a_crash_would_and_runs_again(
+    rig: Rig,
+) -> None:
+    rig.store = store = RefusingStore(rig.ids)
+    reply = Reply(pause_before=0)
+    rig.target.script(reply)
+    lull = WorkerLull()
+    await rig.start(lull=lull)
+    first, _ = rig.submit()
+    second, _ = rig.submit()
+    await reply.paused.wait()
+    store.refusing = True  # the answer arrives, but neither done nor failed can be recorded
+    reply.resume.set()
+    assert await lull.wait(WAIT)  # the worker holds: nothing more is claimed meanwhile
+
+    assert store.get(first.id).state == JobState.WORKING
+    assert store.get(second.id).state == JobState.QUEUED
+    assert len(rig.target.requests) == 1
+
+    store.refusing = False
+    rig.worker.wake()
+    redone = await rig.settled(first.id, JobState.DONE)
+    assert redone.attempts == 2  # requeued as after a crash, then run again
+    assert (await rig.settled(second.id, JobState.DONE)).attempts == 1
+
+
 # -- the lull ------------------------------------------------------------------------------
 
 
