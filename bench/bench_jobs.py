@@ -15,14 +15,14 @@ Usage: python bench/bench_jobs.py [--quick] [--submissions N] [--rounds R] [--jo
    figure: the worker then never pauses, so deliveries wait until it does, ADR 0009). J jobs
    (default 1,000) are queued behind a hold and released at once, with and without a
    `state_webhook_url` pointing at a local receiver (its own process, a bare asyncio server
-   answering 200); fresh server each time,
-   alternating rounds. The first job is the one the hold catches, so it finishes at the
-   release; the worker's throughput is the other J - 1 over the span from its `finished_at`
-   to the last one's (read back from GET /jobs afterwards, so nothing polls the server hard
-   while it works; the first job's `started_at` is before the hold, and counting from it
-   charged the wait for the queued events to the run). The delivery rate is the events (working,
-   done) received after the release over the time to the last of them; queued events are
-   delivered before the release, so only the run overlaps the deliveries.
+   answering 200); fresh server each time, alternating rounds. The first job is the one the
+   hold catches, so it finishes at the release; the worker's throughput is the other J - 1
+   over the span from its `finished_at` to the last one's (read back from GET /jobs
+   afterwards, so nothing polls the server hard while it works; the first job's `started_at`
+   is before the hold, and counting from it charged the wait for the queued events to the
+   run). The delivery rate is the events (working, done) received after the release over the
+   time to the last of them; queued events are delivered before the release, so only the run
+   overlaps the deliveries.
 
 Prints markdown and checks the goals: >= 1,000 durable submissions/s, throughput ratio >= 0.95
 (10 ms target).
