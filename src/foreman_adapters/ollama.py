@@ -104,8 +104,8 @@ class OllamaTarget:
         self._root = str(url.copy_with(username=None, password=None)).rstrip("/")
         self._host = url.netloc.decode("ascii")
         authorization = f"Bearer {token}" if token else _basic_auth(url)
-        self._headers = httpx.Headers(_own_headers(authorization, has_body=False))
-        self._headers_with_body = httpx.Headers(_own_headers(authorization, has_body=True))
+        self._headers = _own_headers(self._host, authorization, has_body=False)
+        self._headers_with_body = _own_headers(self._host, authorization, has_body=True)
         self._urls: dict[str, httpx.URL] = {}
         self._timeouts = {"connect": connect_timeout, "read": None, "write": None, "pool": None}
 
@@ -194,11 +194,17 @@ class OllamaTarget:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self._root + path)
+        # Given as a stream, the body skips httpx's encoding step; the headers it would add
+        # (Host, Content-Length) are ours already.
+        if body is None:
+            headers = self._headers
+        else:
+            headers = [*self._headers_with_body, (b"Content-Length", b"%d" % len(body))]
         request = httpx.Request(
             method,
             url,
-            content=body,
-            headers=self._headers if body is None else self._headers_with_body,
+            headers=headers,
+            stream=httpx.ByteStream(body or b""),
             extensions={"timeout": self._timeouts},
         )
         try:
@@ -207,14 +213,16 @@ class OllamaTarget:
             raise TargetUnreachable(f"target {self._host} unreachable: {_describe(exc)}") from exc
 
 
-def _own_headers(authorization: str | None, *, has_body: bool) -> dict[str, str]:
-    """The headers of every request to the target (httpx adds Host and Content-Length)."""
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+def _own_headers(
+    host: str, authorization: str | None, *, has_body: bool
+) -> list[tuple[bytes, bytes]]:
+    """The headers of every request to the target but a body's Content-Length."""
+    headers = {"Host": host, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if has_body:
         headers["Content-Type"] = "application/json"
     if authorization:
         headers["Authorization"] = authorization
-    return headers
+    return [(name.encode("ascii"), value.encode("latin-1")) for name, value in headers.items()]
 
 
 def _basic_auth(url: httpx.URL) -> str | None:

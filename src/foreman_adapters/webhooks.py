@@ -10,11 +10,9 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-import aiohttp
-import aiohttp.abc
 import httpx
 
-from foreman_adapters.aiohttp_transport import AiohttpTransport
+from foreman_adapters.http1 import Http1Transport
 from foreman_core.ports import Clock, DeliveryResult
 from foreman_core.signing import sign_headers
 
@@ -137,35 +135,28 @@ def _ip_literal(host: str) -> IpAddress | None:
         return None
 
 
-class AllowedAddressResolver(aiohttp.abc.AbstractResolver):
+class AllowedAddressResolver:
     """Looks up a receiver's host for the connection itself and keeps only the addresses the
     policy permits, so that the addresses checked are the addresses connected to: a name that
     resolves to an allowed address for the check and to an internal one a moment later (DNS
-    rebinding) cannot get past the allow-list."""
+    rebinding) cannot get past the allow-list. A `resolve` for `Http1Transport`."""
 
     def __init__(self, policy: WebhookHostPolicy) -> None:
         self._policy = policy
-        self._dns = aiohttp.ThreadedResolver()
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
+    async def __call__(self, host: str, port: int) -> list[str]:
         """The permitted addresses of `host`; OSError when there are none."""
-        found = await self._dns.resolve(host, port, family)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if self._policy.trusts_any_address_of(host):
             return found
-        permitted = [r for r in found if _permitted(self._policy, r["host"])]
+        permitted = [address for address in found if _permitted(self._policy, address)]
         if not permitted:
-            # aiohttp shows an OSError's strerror in its connection error: give it one.
             raise OSError(
                 errno.EACCES,
                 f"webhook host {host!r} resolves to no address allowed by {ALLOWED_HOSTS_VARIABLE}",
             )
         return permitted
-
-    async def close(self) -> None:
-        """Release the lookup threads' resources."""
-        await self._dns.close()
 
 
 def _permitted(policy: WebhookHostPolicy, address: str) -> bool:
@@ -175,10 +166,10 @@ def _permitted(policy: WebhookHostPolicy, address: str) -> bool:
 
 def webhook_http_client(policy: WebhookHostPolicy | None = None) -> httpx.AsyncClient:
     """The client deliveries go out on: keeps connections to receivers for reuse, never follows
-    redirects, runs on aiohttp's transport (ADR 0008), and connects only to addresses `policy`
-    permits."""
-    resolver = AllowedAddressResolver(policy) if policy is not None and policy.restricts else None
-    transport = AiohttpTransport(resolver=resolver)
+    redirects, runs on foreman's own transport (ADR 0013), and connects only to addresses
+    `policy` permits."""
+    resolve = AllowedAddressResolver(policy) if policy is not None and policy.restricts else None
+    transport = Http1Transport(resolve=resolve)
     return httpx.AsyncClient(transport=transport, follow_redirects=False)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dependency_injector import containers, providers
 
-from foreman_adapters.aiohttp_transport import AiohttpTransport
+from foreman_adapters.http1 import Http1Transport
 from foreman_adapters.inventory import PollingModelInventory
 from foreman_adapters.ollama import OllamaTarget
 from foreman_adapters.sqlite_store import SqliteJobStore
@@ -40,7 +40,7 @@ class Container(containers.DeclarativeContainer):
     ids = providers.Singleton(UlidGenerator)
     store = providers.Singleton(SqliteJobStore, path=settings.provided.db_path, ids=ids)
 
-    ollama_transport = providers.Singleton(AiohttpTransport)
+    ollama_transport = providers.Singleton(Http1Transport)
     target = providers.Singleton(
         OllamaTarget,
         transport=ollama_transport,
