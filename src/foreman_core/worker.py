@@ -405,7 +405,8 @@ class Worker:
         self._lull.idle()
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
         finally:
             self._lull.busy()
 
