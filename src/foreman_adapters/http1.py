@@ -186,6 +186,12 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.status, self.reason, self.headers = 0, b"", []
         self._got_head = self._complete = self._keep_alive = self._length_known = False
+        self._chunk = None
+        self._body.clear()  # what the last response's reader left unread
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
         self._transport.write(message)
 
     async def head(self, timeout: float | None) -> None:
@@ -265,7 +271,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if self._got_head and not self._complete and self._ends_at_close():
+        if exc is None and self._got_head and not self._complete and self._ends_at_close():
             self._complete = True
         elif not self._complete and exc is not None:
             error = httpx.ReadError if self._got_head else httpx.RemoteProtocolError

@@ -464,8 +464,9 @@ async def test_a_connection_lost_before_the_whole_head_is_a_remote_protocol_erro
         (CHUNKED + chunk(b"hello"), b"5\r\nwor", hang_up),
         (CHUNKED + chunk(b"hello"), b"", hang_up),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", b"", reset),
+        (b"HTTP/1.1 200 OK\r\n\r\nhello", b"", reset),
     ],
-    ids=["short_content_length", "inside_a_chunk", "before_last_chunk", "reset"],
+    ids=["short_content_length", "inside_a_chunk", "before_last_chunk", "reset", "reset_unsized"],
 )
 async def test_a_connection_lost_inside_the_body_is_a_read_error_from_the_body(
     serve: Serve, transport: Http1Transport, first: bytes, rest: bytes, ending: Script
@@ -520,6 +521,16 @@ async def test_a_response_read_to_its_end_gives_its_connection_to_the_next_reque
 ) -> None:
     server = await serve(first, sized(b"two"))
     assert await body_of(transport, server.url()) == b"one"
+    assert await body_of(transport, server.url()) == b"two"
+    assert [len(connection.requests) for connection in server.connections] == [2]
+
+
+async def test_a_response_closed_unread_leaves_nothing_for_the_next_on_its_connection(
+    serve: Serve, transport: Http1Transport
+) -> None:
+    server = await serve(sized(b"one"), sized(b"two"))
+    unread = await send(transport, request("GET", server.url()))
+    await unread.aclose()  # its body came with its head, whole, and was never read
     assert await body_of(transport, server.url()) == b"two"
     assert [len(connection.requests) for connection in server.connections] == [2]
 
