@@ -303,6 +303,11 @@ def report_latency(answers: dict[str, list[Answer]]) -> list[str]:
             f"{ratio_p50:.3f}",
             ratio_p50 <= GOAL_LATENCY_RATIO,
         ),
+        goal_line(
+            f"p99 ratio ≤ {GOAL_LATENCY_RATIO}",
+            f"{ratio_p99:.3f}",
+            ratio_p99 <= GOAL_LATENCY_RATIO,
+        ),
         goal_line(f"added at p50 < {GOAL_ADDED_MS:g} ms", ms(added), added * 1000 < GOAL_ADDED_MS),
     ]
 
