@@ -696,6 +696,20 @@ async def test_stop_requeues_a_running_async_job_after_the_grace(rig: Rig) -> No
     assert rig.target.requests[0].exited_with is asyncio.CancelledError
 
 
+async def test_stop_requeues_an_async_job_even_on_its_last_attempt(rig: Rig) -> None:
+    # A stop is not the job's failure: it runs again after the restart (attempts 2 of 1 then).
+    reply = Reply(pause_before=0)
+    rig.target.script(reply)
+    worker = await rig.start()
+    job, _ = rig.submit(max_attempts=1)
+    await eventually(reply.paused.is_set, "the request")
+
+    await worker.stop(0)
+
+    requeued = rig.store.get(job.id)
+    assert (requeued.state, requeued.attempts, requeued.max_attempts) == (JobState.QUEUED, 1, 1)
+
+
 async def test_stop_lets_the_running_job_finish_within_the_grace(rig: Rig) -> None:
     reply = Reply(pause_before=0)
     rig.target.script(reply)
