@@ -176,7 +176,9 @@ class Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """The last response ended cleanly and both sides keep the connection open."""
-        return self._complete and self._keep_alive and not self._closed
+        transport = self._transport
+        ended_cleanly = self._complete and self._keep_alive and not self._closed
+        return ended_cleanly and transport is not None and not transport.is_closing()
 
     def send(self, message: bytes, request: httpx.Request) -> None:
         """Write a request (head and body) and get ready for its response."""
