@@ -140,7 +140,12 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 
 async def _close(container: Container) -> None:
-    for connections in (container.ollama_transport(), container.webhook_http()):
+    connections_kept = (
+        container.ollama_transport(),
+        container.inventory_transport(),
+        container.webhook_http(),
+    )
+    for connections in connections_kept:
         with contextlib.suppress(Exception):
             await connections.aclose()
     container.store().close()

@@ -8,6 +8,7 @@ e.g. `container.ollama_transport.override(providers.Object(httpx.ASGITransport(a
 
 from __future__ import annotations
 
+import httpx
 from dependency_injector import containers, providers
 
 from foreman_adapters.http1 import Http1Transport
@@ -47,9 +48,17 @@ class Container(containers.DeclarativeContainer):
         base_url=settings.provided.ollama_url,
         token=settings.provided.ollama_token,
     )
+    # The inventory's polls judge whether Ollama answers; on connections of their own they never
+    # wait behind the requests they are judging (long pulls or embeds holding every slot).
+    inventory_transport = providers.Singleton(Http1Transport, max_connections=2)
     inventory = providers.Singleton(
         PollingModelInventory,
-        target=target,
+        target=providers.Singleton(
+            OllamaTarget,
+            transport=inventory_transport,
+            base_url=settings.provided.ollama_url,
+            token=settings.provided.ollama_token,
+        ),
         interval=settings.provided.poll_interval.total_seconds.call(),
     )
 
@@ -114,3 +123,10 @@ def build_container(settings: Settings) -> Container:
     container = Container()
     container.settings.override(providers.Object(settings))
     return container
+
+
+def reach_ollama_through(container: Container, transport: httpx.AsyncBaseTransport) -> None:
+    """Send everything meant for Ollama — requests and the inventory's polls — on `transport`
+    (tests hand it an `httpx.ASGITransport` over the simulator)."""
+    container.ollama_transport.override(providers.Object(transport))
+    container.inventory_transport.override(providers.Object(transport))

@@ -16,10 +16,11 @@ import pytest
 from dependency_injector import providers
 from litestar import get
 
-from foreman_adapters.simulator import SimulatedOllama
+from foreman_adapters.http1 import Http1Transport
+from foreman_adapters.simulator import SimulatedOllama, serve_simulator
 from foreman_app.app import create_app
 from foreman_app.config import ConfigError, Settings, parse_duration, parse_size
-from foreman_app.container import Container, build_container
+from foreman_app.container import Container, build_container, reach_ollama_through
 
 pytestmark = pytest.mark.anyio
 
@@ -80,9 +81,7 @@ def make_app(sim: SimulatedOllama, tmp_path: Path) -> Callable[..., Any]:
             {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), **(env or {})}
         )
         container = build_container(settings)
-        container.ollama_transport.override(
-            providers.Object(httpx.ASGITransport(app=target or sim))
-        )
+        reach_ollama_through(container, httpx.ASGITransport(app=target or sim))
         app = create_app(container, extra_routes=extra_routes)
         # httpx over ASGI, in this test's loop: Litestar's httpx.AsyncClient runs the app in a
         # portal thread and handles one request at a time.
@@ -354,6 +353,31 @@ async def test_an_unreachable_target_at_start_up_still_serves_degraded(
     assert health.status_code == 200
     assert health.json()["degraded"] is True
     assert tags.json() == {"models": []}
+
+
+async def test_the_inventory_polls_on_connections_of_its_own(
+    sim: SimulatedOllama, tmp_path: Path
+) -> None:
+    # The only connection for requests is taken by a generation Ollama holds: the inventory's
+    # poll must not queue behind it and read the busy Ollama as unreachable.
+    sim.hold()
+    async with serve_simulator(sim) as running:
+        env = {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), "FOREMAN_OLLAMA_URL": running.url}
+        container = build_container(Settings.from_env(env))
+        container.ollama_transport.override(providers.Object(Http1Transport(max_connections=1)))
+        body = {"model": "llama3.2", "messages": [], "stream": False}
+        held = asyncio.ensure_future(container.target().post_json("/api/chat", body))
+        try:
+            await sim.wait_for_held(1)
+            inventory = container.inventory()
+            await inventory.refresh()
+            assert not inventory.degraded
+            assert inventory.tags()["models"]
+        finally:
+            sim.release()
+            await held
+            await container.ollama_transport().aclose()
+            await container.inventory_transport().aclose()
 
 
 # -- start-up -----------------------------------------------------------------------------------

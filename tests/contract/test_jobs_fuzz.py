@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from dependency_injector import providers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
@@ -23,7 +22,7 @@ from litestar.testing import TestClient
 from foreman_adapters.simulator import SimulatedOllama
 from foreman_app.app import create_app
 from foreman_app.config import Settings
-from foreman_app.container import Container, build_container
+from foreman_app.container import Container, build_container, reach_ollama_through
 from foreman_core.payloads import load_body, target_body
 
 MODELS = ["llama3.2", "llama3.2:latest", "qwen3:0.6b", "qwen2.5:0.5b"]
@@ -143,9 +142,7 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, Container]]:
         {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), "FOREMAN_MAX_QUEUE": "100000"}
     )
     container = build_container(settings)
-    container.ollama_transport.override(
-        providers.Object(httpx.ASGITransport(app=SimulatedOllama()))
-    )
+    reach_ollama_through(container, httpx.ASGITransport(app=SimulatedOllama()))
     with TestClient(create_app(container)) as client:
         yield client, container
 
