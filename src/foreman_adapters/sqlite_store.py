@@ -4,11 +4,13 @@ Schema and migrations go through sqlite-utils; the hot paths (add, claim, save) 
 one connection guarded by a lock. Write transactions are `BEGIN IMMEDIATE`; the `add` of an async
 job commits with `synchronous=FULL` (fsynced), every other write with `NORMAL` (ADR 0002).
 Timestamps are stored as integer microseconds since the Unix epoch, UTC: they sort as numbers
-and round-trip exactly.
+and round-trip exactly. WAL checkpoints run on a thread of their own, never inside a write
+(ADR 0014).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +42,10 @@ from foreman_core.ports import (
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_INTERVAL = 0.25
+"""Seconds between the background copies of the WAL into the database file (ADR 0014)."""
+
+logger = logging.getLogger("foreman.store")
 
 JOB_COLUMNS = (
     "id",
@@ -312,7 +318,13 @@ class SqliteJobStore:
 
     INTERRUPTED: ClassVar[str] = "interrupted: foreman restarted while the job ran"
 
-    def __init__(self, path: str | Path, ids: IdGenerator) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        ids: IdGenerator,
+        *,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+    ) -> None:
         self._ids = ids
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
@@ -325,10 +337,12 @@ class SqliteJobStore:
             self._db.enable_wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # _Checkpointer does it
             self._migrate()
         except BaseException:
             self._conn.close()
             raise
+        self._checkpointer = _Checkpointer(str(path), checkpoint_interval)
 
     def _migrate(self) -> None:
         while True:
@@ -587,7 +601,8 @@ class SqliteJobStore:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._conn.close()
+                self._checkpointer.stop()
+                self._conn.close()  # the last connection to close checkpoints what is left
 
     # -- webhook outbox -------------------------------------------------------------------
 
@@ -644,6 +659,40 @@ class SqliteJobStore:
 
 
 # -- queries on a connection the caller holds ----------------------------------------------
+
+
+class _Checkpointer:
+    """Copies the WAL back into the database file every `interval` seconds, on a thread and a
+    connection of its own: no write on the event loop pays for a checkpoint's copying and fsync,
+    which SQLite's automatic checkpoint would land on whichever commit crosses 1,000 pages.
+    A PASSIVE checkpoint never waits for the writer nor makes it wait (ADR 0014)."""
+
+    def __init__(self, path: str, interval: float) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="foreman-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the checkpoint under way, if any, and close the connection."""
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        failing = False
+        try:
+            while not self._stopping.wait(self._interval):
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    if not failing:  # once per run of failures, not four times a second
+                        logger.warning("WAL checkpoint failed (retrying): %s", exc)
+                    failing = True
+                else:
+                    failing = False
+        finally:
+            self._conn.close()
 
 
 def _get(conn: sqlite3.Connection, job_id: str) -> Job:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -689,6 +690,43 @@ def test_sqlite_claim_queries_walk_indexes_and_never_sort(tmp_path: Path, ids: C
             assert "USING INDEX idx_jobs_queued_" in plan[0], plan
     finally:
         conn.close()
+
+
+def _fill_past_an_automatic_checkpoint(store: SqliteJobStore, make: Callable[..., Job]) -> None:
+    """More than SQLite's 1,000 pages of writes: enough to have checkpointed on its own."""
+    payload = b"x" * 4000
+    for _ in range(1200):
+        store.add(replace(make(sync=True), payload=payload))
+
+
+def test_no_sqlite_write_checkpoints_the_wal_itself(
+    tmp_path: Path, make: Callable[..., Job], ids: CountingIds
+) -> None:
+    # Never on the request's path: only the background thread copies the WAL back (ADR 0014).
+    path = tmp_path / "foreman.db"
+    store = SqliteJobStore(path, ids, checkpoint_interval=3600)
+    try:
+        before = path.stat().st_size
+        _fill_past_an_automatic_checkpoint(store, make)
+        assert path.stat().st_size == before
+    finally:
+        store.close()
+
+
+def test_the_sqlite_store_checkpoints_the_wal_in_the_background(
+    tmp_path: Path, make: Callable[..., Job], ids: CountingIds
+) -> None:
+    path = tmp_path / "foreman.db"
+    store = SqliteJobStore(path, ids, checkpoint_interval=0.01)
+    try:
+        before = path.stat().st_size
+        _fill_past_an_automatic_checkpoint(store, make)
+        deadline = time.monotonic() + 10
+        while path.stat().st_size == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert path.stat().st_size > before
+    finally:
+        store.close()
 
 
 def test_two_sqlite_stores_on_one_file_never_claim_the_same_job(
