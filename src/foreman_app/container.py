@@ -2,8 +2,9 @@
 
 Building the container does no I/O; each provider makes its object on first use. Resources that
 need closing (the HTTP clients, the store) are closed by the app's lifespan, which also runs the
-long-lived tasks (inventory poller, worker, webhook dispatcher). Tests override single providers,
-e.g. `container.ollama_transport.override(providers.Object(httpx.ASGITransport(app=sim)))`.
+long-lived tasks (inventory poller, worker, webhook dispatcher). Tests override single providers;
+`reach_ollama_through(container, httpx.ASGITransport(app=sim))` puts the simulator behind both
+of the transports that reach Ollama.
 """
 
 from __future__ import annotations
