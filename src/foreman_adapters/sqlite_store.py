@@ -338,10 +338,10 @@ class SqliteJobStore:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            self._checkpointer = _Checkpointer(str(path), checkpoint_interval)
         except BaseException:
             self._conn.close()
             raise
-        self._checkpointer = _Checkpointer(str(path), checkpoint_interval)
 
     def _migrate(self) -> None:
         while True:
