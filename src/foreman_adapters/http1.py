@@ -12,6 +12,7 @@ callers cannot tell it from httpx's own transport.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 from collections import deque
@@ -96,7 +97,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         stale_before = time.monotonic() - self._keepalive_expiry
         while idle:
             connection = idle.pop()
-            if connection.reusable and connection.idle_since >= stale_before:
+            fresh = connection.reusable and connection.idle_since >= stale_before
+            if fresh and not connection.has_unread_bytes():
                 return connection
             connection.close()
         return None
@@ -179,6 +181,15 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         ended_cleanly = self._complete and self._keep_alive and not self._closed
         return ended_cleanly and transport is not None and not transport.is_closing()
+
+    def has_unread_bytes(self) -> bool:
+        """Whether the socket has something the event loop has not read yet. On an idle
+        connection that is the server closing it (or stray bytes): either way, not reusable."""
+        sock = None if self._transport is None else self._transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
 
     def send(self, message: bytes, request: httpx.Request) -> None:
         """Write a request (head and body) and get ready for its response."""

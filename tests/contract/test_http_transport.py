@@ -212,13 +212,6 @@ async def until(event: asyncio.Event) -> None:
         await event.wait()
 
 
-async def let_the_loop_turn(times: int = 5) -> None:
-    """A few turns of the event loop, no time passing: the client handles what already reached
-    its socket (a FIN from the server)."""
-    for _ in range(times):
-        await asyncio.sleep(0)
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -540,8 +533,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
 ) -> None:
     server = await serve(steps(sized(b"one"), hang_up), sized(b"two"))
     assert await body_of(transport, server.url()) == b"one"
-    await until(server.connections[0].closed_by_server)
-    await let_the_loop_turn()
+    await until(server.connections[0].closed_by_server)  # its FIN is in the client's socket
     assert await body_of(transport, server.url()) == b"two"
     assert [len(connection.requests) for connection in server.connections] == [1, 1]
 
