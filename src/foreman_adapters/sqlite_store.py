@@ -326,7 +326,9 @@ class SqliteJobStore:
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> None:
         self._ids = ids
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        # Transitions given to save_later, not yet written (ADR 0015).
+        self._later: list[tuple[Job, JobState]] = []
         self._conn = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
@@ -338,7 +340,7 @@ class SqliteJobStore:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
-            self._checkpointer = _Checkpointer(str(path), checkpoint_interval)
+            self._checkpointer = _Checkpointer(str(path), checkpoint_interval, self._tick)
         except BaseException:
             self._conn.close()
             raise
@@ -368,8 +370,10 @@ class SqliteJobStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    pending = self._apply_later(conn)
                     yield conn
                     conn.execute("COMMIT")
+                    del self._later[:pending]
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -379,10 +383,18 @@ class SqliteJobStore:
                     conn.execute("PRAGMA synchronous = NORMAL")
 
     @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, for reads that see every write, pending ones too."""
+        with self._lock:
+            if self._later:
+                with self._transaction():
+                    pass
+            yield self._conn
+
+    @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction under the lock: several queries see one state."""
-        with self._lock:
-            conn = self._conn
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -391,6 +403,47 @@ class SqliteJobStore:
                     conn.execute("COMMIT")
 
     # -- writes ---------------------------------------------------------------------------
+
+    def save_later(self, job: Job, *, expected: JobState) -> None:
+        """Store a transition with the next write, or before the next read, or on the next
+        checkpoint tick, whichever comes first (see JobStore.save_later)."""
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            self._later.append((job, expected))
+
+    def _apply_later(self, conn: sqlite3.Connection) -> int:
+        """Write the pending transitions in the transaction under way; how many there were.
+        One whose job has moved on meanwhile is left out, as `save` would refuse it."""
+        for job, expected in self._later:
+            try:
+                current = _get(conn, job.id)
+            except JobNotFound:
+                current = None
+            if current is None or current.state != expected:
+                logger.info("job %s: no longer %s, so not %s", job.id, expected, job.state)
+                continue
+            self._update(conn, current, job)
+        return len(self._later)
+
+    def _write_later(self) -> None:
+        """Write the pending transitions now, if any; a failure leaves them pending."""
+        try:
+            with self._lock:
+                if self._later and not self._closed:
+                    with self._transaction():
+                        pass
+        except sqlite3.Error as exc:
+            logger.warning("storing finished jobs failed (retrying): %s", exc)
+
+    def _tick(self) -> None:
+        """The checkpoint thread's turn: write what is pending, unless the store is in use
+        (whoever uses it writes them)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._write_later()
+            finally:
+                self._lock.release()
 
     def _record(self, conn: sqlite3.Connection, previous: Job | None, job: Job) -> None:
         """Append the webhook event of `previous → job`, if it makes one."""
@@ -427,23 +480,48 @@ class SqliteJobStore:
         self._record(conn, previous, job)
         return job
 
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        max_queued: int | None,
+        *,
+        claimed: Job | None = None,
+    ) -> Job:
+        """`add` inside a transaction: the stored job (`job`, or `claimed`, its claim, stored
+        in its place) or an idempotent earlier one."""
+        if job.idempotency_key is not None:
+            row = conn.execute(
+                _SELECT_JOB + " WHERE idempotency_key = ?", (job.idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                earlier = _job_from_row(row)
+                if earlier.fingerprint != job.fingerprint:
+                    raise IdempotencyConflict(job.idempotency_key, earlier.id)
+                return earlier
+        if max_queued is not None and _count_queued(conn, up_to=max_queued) >= max_queued:
+            raise QueueFull(max_queued)
+        conn.execute(INSERT_JOB_SQL, job_row(claimed or job))
+        self._record(conn, None, job)
+        if claimed is None:
+            return job
+        self._record(conn, job, claimed)
+        return claimed
+
     def add(self, job: Job, *, max_queued: int | None = None) -> Job:
         """Store a new queued job (see JobStore.add); an async one is fsynced."""
         with self._transaction(durable=not job.sync) as conn:
-            if job.idempotency_key is not None:
-                row = conn.execute(
-                    _SELECT_JOB + " WHERE idempotency_key = ?", (job.idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    earlier = _job_from_row(row)
-                    if earlier.fingerprint != job.fingerprint:
-                        raise IdempotencyConflict(job.idempotency_key, earlier.id)
-                    return earlier
-            if max_queued is not None and _count_queued(conn, up_to=max_queued) >= max_queued:
-                raise QueueFull(max_queued)
-            conn.execute(INSERT_JOB_SQL, job_row(job))
-            self._record(conn, None, job)
-            return job
+            return self._insert(conn, job, max_queued)
+
+    def add_claimed(self, job: Job, claimed: Job) -> Job:
+        """Store a new job already claimed, in one transaction (see JobStore.add_claimed).
+
+        The row is inserted in its running state, so it never enters the scheduling indexes
+        (they hold only queued jobs): this costs less than `add` alone.
+        """
+        jobs.require_fresh_claim(job, claimed)
+        with self._transaction(durable=not job.sync) as conn:
+            return self._insert(conn, job, None, claimed=claimed)
 
     def save(self, job: Job, *, expected: JobState, artifacts: Sequence[Artifact] = ()) -> Job:
         """Store a transition of a stored job (see JobStore.save)."""
@@ -497,8 +575,8 @@ class SqliteJobStore:
 
     def get(self, job_id: str) -> Job:
         """The job; raises JobNotFound."""
-        with self._lock:
-            return _get(self._conn, job_id)
+        with self._reading() as conn:
+            return _get(conn, job_id)
 
     def list(
         self,
@@ -524,10 +602,8 @@ class SqliteJobStore:
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         # One row beyond the page tells whether another page follows.
         params.append(limit + 1 if limit >= 0 else -1)
-        with self._lock:
-            rows = self._conn.execute(
-                f"{_SELECT_JOB}{where} ORDER BY id DESC LIMIT ?", params
-            ).fetchall()
+        with self._reading() as conn:
+            rows = conn.execute(f"{_SELECT_JOB}{where} ORDER BY id DESC LIMIT ?", params).fetchall()
         matches = [_job_from_row(row) for row in rows]
         page = matches[:limit]
         more = len(matches) > limit
@@ -543,8 +619,8 @@ class SqliteJobStore:
 
     def count_queued(self) -> int:
         """How many jobs are queued."""
-        with self._lock:
-            return _count_queued(self._conn)
+        with self._reading() as conn:
+            return _count_queued(conn)
 
     def summary(self) -> QueueSummary:
         """Running jobs, queued counts per model and priority, the oldest queued job's time."""
@@ -565,8 +641,8 @@ class SqliteJobStore:
 
     def next_not_before(self, now: datetime) -> datetime | None:
         """The earliest backoff end after `now` among queued jobs."""
-        with self._lock:
-            value = self._conn.execute(
+        with self._reading() as conn:
+            value = conn.execute(
                 "SELECT MIN(not_before) FROM jobs INDEXED BY idx_jobs_queued_not_before"
                 " WHERE state = 'queued' AND not_before > ?",
                 (_to_us(now),),
@@ -596,9 +672,10 @@ class SqliteJobStore:
         return [Artifact(*row) for row in rows]
 
     def close(self) -> None:
-        """Close the connection; a second close does nothing."""
+        """Write what is pending and close the connection; a second close does nothing."""
         with self._lock:
             if not self._closed:
+                self._write_later()
                 self._closed = True
                 self._checkpointer.stop()
                 self._conn.close()  # the last connection to close checkpoints what is left
@@ -607,8 +684,8 @@ class SqliteJobStore:
 
     def due_deliveries(self, now: datetime, limit: int = 100) -> list[PendingDelivery]:
         """Each job's oldest undelivered event whose time has come, soonest first."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 f"SELECT {', '.join(_OUTBOX_COLUMNS)} FROM webhook_outbox AS o"
                 f" INDEXED BY idx_outbox_due WHERE done = 0 AND next_attempt_at <= ?"
                 f" AND {_IS_HEAD} ORDER BY next_attempt_at, seq LIMIT ?",
@@ -649,8 +726,8 @@ class SqliteJobStore:
 
     def next_delivery_at(self) -> datetime | None:
         """When the next undelivered event falls due."""
-        with self._lock:
-            row = self._conn.execute(
+        with self._reading() as conn:
+            row = conn.execute(
                 "SELECT next_attempt_at FROM webhook_outbox AS o INDEXED BY idx_outbox_due"
                 f" WHERE done = 0 AND {_IS_HEAD} ORDER BY next_attempt_at, seq LIMIT 1"
             ).fetchone()
@@ -661,15 +738,17 @@ class SqliteJobStore:
 
 
 class _Checkpointer:
-    """Copies the WAL back into the database file every `interval` seconds, on a thread and a
+    """Calls `on_tick` (which writes what save_later left pending, ADR 0015), then copies the
+    WAL back into the database file, every `interval` seconds, on a thread and a
     connection of its own, so that the WAL seldom reaches the 1,000 pages at which SQLite
     checkpoints inside a commit, on the event loop. A PASSIVE checkpoint never waits for the
     writer nor makes it wait. SQLite's own checkpoint stays as the bound under a burst of
     writes faster than this (ADR 0014)."""
 
-    def __init__(self, path: str, interval: float) -> None:
+    def __init__(self, path: str, interval: float, on_tick: Callable[[], None]) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._interval = interval
+        self._on_tick = on_tick
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="foreman-checkpoint", daemon=True)
         self._thread.start()
@@ -683,6 +762,7 @@ class _Checkpointer:
         failing = False
         try:
             while not self._stopping.wait(self._interval):
+                self._on_tick()
                 try:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:

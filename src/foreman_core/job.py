@@ -191,6 +191,15 @@ def claim(job: Job, now: datetime, *, resident: bool) -> Job:
     )
 
 
+def require_fresh_claim(job: Job, claimed: Job) -> None:
+    """Raise ValueError unless `claimed` is the claim of `job`, a new job without an
+    idempotency key (what `JobStore.add_claimed` stores)."""
+    if job.state != JobState.QUEUED or job.attempts != 0 or job.idempotency_key is not None:
+        raise ValueError(f"job {job.id}: not a new job without an idempotency key")
+    if claimed.id != job.id or claimed.state not in RUNNING_STATES or claimed.attempts != 1:
+        raise ValueError(f"job {job.id}: {claimed.state}, attempt {claimed.attempts}, is no claim")
+
+
 def mark_working(job: Job, now: datetime) -> Job:
     """The model has loaded; the real request is now running."""
     return _move(job, JobState.WORKING, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -85,6 +86,14 @@ class InMemoryJobStore:
             self._artifacts[job.id] = {}
             return self._write(None, job)
 
+    def add_claimed(self, job: Job, claimed: Job) -> Job:
+        """Store a new job already claimed (see JobStore.add_claimed)."""
+        jobs.require_fresh_claim(job, claimed)
+        with self._lock:
+            self._artifacts[job.id] = {}
+            self._write(None, job)
+            return self._write(job, claimed)
+
     def save(self, job: Job, *, expected: JobState, artifacts: Sequence[Artifact] = ()) -> Job:
         """Store a transition of a stored job (see JobStore.save)."""
         with self._lock:
@@ -94,6 +103,11 @@ class InMemoryJobStore:
             for artifact in artifacts:
                 self._artifacts[job.id][artifact.name] = artifact
             return self._write(current, job)
+
+    def save_later(self, job: Job, *, expected: JobState) -> None:
+        """`save` at once, dropping a stale transition (see JobStore.save_later)."""
+        with contextlib.suppress(StaleJob, JobNotFound):
+            self.save(job, expected=expected)
 
     def claim_next(
         self, *, resident: Sequence[str], now: datetime, max_wait: timedelta

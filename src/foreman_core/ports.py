@@ -85,6 +85,15 @@ class JobStore(Protocol):
         """
         ...
 
+    def add_claimed(self, job: Job, claimed: Job) -> Job:
+        """Store the new queued job `job` already claimed, as `claimed`; return `claimed`.
+
+        One write for a job dispatched the moment it arrives (ADR 0015), with the webhook
+        events of both changes, as `add` and then `claim_next` would have stored it. Raises
+        ValueError unless `claimed` is `job`'s claim and `job` has no idempotency key.
+        """
+        ...
+
     def get(self, job_id: str) -> Job:
         """The job; raises `JobNotFound`."""
         ...
@@ -118,6 +127,16 @@ class JobStore(Protocol):
 
         Raises `StaleJob` when the stored job has moved on, `JobNotFound` when it is gone.
         `artifacts` are stored in the same transaction, replacing any of the same name.
+        """
+        ...
+
+    def save_later(self, job: Job, *, expected: JobState) -> None:
+        """`save` the transition soon, without the caller waiting for the write.
+
+        Every later call sees it stored: the store writes it with the next write or before the
+        next read, and within a second at most in any case. One whose job has left `expected`
+        by then is dropped, as `save` would refuse it. A crash in between loses it. The worker
+        records a sync job done this way, once its client has the answer (ADR 0015).
         """
         ...
 

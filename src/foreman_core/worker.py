@@ -9,7 +9,6 @@ handler waits on the job's `LiveResponse`, which the worker feeds as the target 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
@@ -20,6 +19,7 @@ from enum import StrEnum
 
 from foreman_core import job as jobs
 from foreman_core.errors import (
+    JobNotFound,
     QueueFull,
     StaleJob,
     TargetError,
@@ -44,6 +44,7 @@ STOPPED_MESSAGE = "interrupted: foreman stopped while the job ran"
 SHUTTING_DOWN_MESSAGE = "foreman is shutting down"
 CANCELLED_MESSAGE = "job cancelled"
 UNRECORDED_MESSAGE = "interrupted: the job store would not record how the job ended"
+UNSTORED_MESSAGE = "the job store would not record the job"
 TARGET_GONE_GRACE = timedelta(seconds=30)
 """How long the target may send nothing for the running job while it also fails the
 inventory's polls, before the job's request is given up as unreachable (ADR 0012)."""
@@ -83,6 +84,7 @@ class LiveResponse:
         self.job_id = job_id
         self._outcome: ResponseStarted | ResponseFailed | None = None
         self._decided = asyncio.Event()
+        self._finished = asyncio.Event()
         # Unbounded on purpose: a slow client must never hold the GPU; responses are text.
         self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._ended = False
@@ -103,6 +105,19 @@ class LiveResponse:
         await self._decided.wait()
         assert self._outcome is not None
         return self._outcome
+
+    async def complete(self) -> tuple[ResponseStarted | ResponseFailed, bytes]:
+        """Wait for the whole response: how it began (or failed), and the body, if it began."""
+        await self._finished.wait()
+        assert self._outcome is not None
+        parts = []
+        while not self._chunks.empty():
+            chunk = self._chunks.get_nowait()
+            if chunk is None:
+                self._chunks.put_nowait(None)  # a second reader sees the end too
+                break
+            parts.append(chunk)
+        return self._outcome, b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as the target sends it, each chunk the moment it arrives.
@@ -136,6 +151,7 @@ class LiveResponse:
         if not self._ended:
             self._ended = True
             self._chunks.put_nowait(None)
+            self._finished.set()
 
     def _refuse(self, failed: ResponseFailed) -> None:
         """End before the body with `failed`; ignored once the body began or ended."""
@@ -144,6 +160,7 @@ class LiveResponse:
         self._outcome = failed
         self._ended = True
         self._decided.set()
+        self._finished.set()
 
     def _abort(self, status: int, message: str) -> None:
         """End with foreman's error: a JSON error before the body, an error line after it."""
@@ -161,10 +178,15 @@ class LiveResponse:
             self._chunks.get_nowait()
 
 
+class _Unstored(Exception):
+    """The store would not record a job the worker had started before storing it."""
+
+
 class _Abort(StrEnum):
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
     TARGET_GONE = "target gone"
+    UNSTORED = "unstored"
 
 
 @dataclass(slots=True)
@@ -178,6 +200,8 @@ class _Run:
     abort_reason: _Abort | None = None
     last_byte_at: datetime | None = None
     """When the target last sent anything for this job (None: nothing yet)."""
+    unstored: Job | None = None
+    """The new job as it arrived, while the store has yet to record it (ADR 0015)."""
 
     def abort(self, reason: _Abort) -> None:
         if self.abort_reason is None:
@@ -233,6 +257,13 @@ class Worker:
         self._live: dict[str, LiveResponse] = {}
         self._wakeup = asyncio.Event()
         self._running: _Run | None = None
+        # True while the loop waits between jobs: enqueue() may start a job itself (ADR 0015).
+        self._at_rest = False
+        # True from a claim that found no eligible job until work is added or requeued (or the
+        # idle wait times out): the queue then holds nothing a new job would wait behind.
+        self._nothing_eligible = False
+        # When the earliest backoff of a queued job ends (None: no job is in backoff).
+        self._backoff_ends: datetime | None = None
         self._recent: str | None = None
         self._durations: deque[float] = deque(maxlen=self.RECENT_DURATIONS)
         self._stopping = False
@@ -265,6 +296,7 @@ class Worker:
 
     def wake(self) -> None:
         """Work arrived: look for a job to dispatch now."""
+        self._nothing_eligible = False
         self._wakeup.set()
 
     def enqueue(self, job: Job, *, max_queued: int | None) -> Job:
@@ -272,13 +304,66 @@ class Worker:
 
         A full queue raises `QueueFull` carrying when to come back: about one job's duration,
         when a slot frees up. The store's other errors (e.g. `IdempotencyConflict`) pass through.
+        A sync job that arrives while no queued job could go before it is handed straight to
+        the loop instead, and stored as its request goes to the target (ADR 0015).
         """
+        if job.sync and self._can_start_at_once():
+            self._lull.busy()
+            stored = self._run_now(job)
+            self._wakeup.set()  # the loop watches the job from here
+            return stored
         try:
             stored = self._store.add(job, max_queued=max_queued)
         except QueueFull as full:
             raise QueueFull(full.limit, self.estimated_wait(1)) from None
         self.wake()
         return stored
+
+    def _can_start_at_once(self) -> bool:
+        """Whether the loop rests between jobs and no queued job could go before a new one:
+        the last claim found none eligible, nothing was added or requeued since, and no backoff
+        has ended meanwhile."""
+        return (
+            self._at_rest
+            and self._running is None
+            and self._nothing_eligible
+            and (self._backoff_ends is None or self._clock.now() < self._backoff_ends)
+            and self._looping
+            and not self._stopping
+            and not self._unrecorded
+            and not self._target_in_doubt
+            and not self._inventory.degraded
+        )
+
+    def _run_now(self, job: Job) -> Job:
+        """Claim the new `job` without the store and start it; the store records it claimed
+        right after the attempt's first step, which sends the request, so that the write
+        overlaps the target's work instead of delaying the request (or before the attempt's
+        first write, should it end in its first step). The claimed job."""
+        claimed = jobs.claim(job, self._clock.now(), resident=job.residency in self.resident)
+        run = self._start(claimed)
+        run.unstored = job
+        asyncio.get_running_loop().call_soon(self._store_or_abort, run)
+        return claimed
+
+    def _store_or_abort(self, run: _Run) -> None:
+        try:
+            self._store_if_new(run)
+        except _Unstored:
+            run.abort(_Abort.UNSTORED)
+
+    def _store_if_new(self, run: _Run) -> None:
+        """Store the job of `run` if it was started before it was stored; `_Unstored` if the
+        store refuses it."""
+        job, run.unstored = run.unstored, None
+        if job is None:
+            return
+        try:
+            self._store.add_claimed(job, run.job)
+        except Exception as error:
+            self._log.exception("job %s: the store refused the job; aborting it", job.id)
+            raise _Unstored(UNSTORED_MESSAGE) from error
+        self._transitioned(run.job)
 
     def enqueue_live(self, job: Job, *, max_queued: int | None) -> LiveResponse:
         """`enqueue` a sync job and return the response the worker will feed as it runs."""
@@ -354,13 +439,20 @@ class Worker:
             self._recover()
             while not self._stopping:
                 try:
-                    dispatched = await self._dispatch_next()
+                    idle = self._running is None and not await self._dispatch_next()
+                    if idle and not self._stopping:
+                        await self._idle()
+                    if self._running is not None:  # started by the loop, or by enqueue()
+                        await self._see_through(self._running)
                 except Exception:
                     self._log.exception("worker: dispatching failed; trying again shortly")
-                    dispatched = False
-                if not dispatched and not self._stopping:
                     await self._idle()
-                await asyncio.sleep(0)  # let handlers in between two jobs
+                # Let handlers in between two jobs; one may start a job meanwhile.
+                self._at_rest = True
+                try:
+                    await asyncio.sleep(0)
+                finally:
+                    self._at_rest = False
         finally:
             self._looping = False
             self._loop_exited.set()
@@ -395,20 +487,26 @@ class Worker:
 
     async def _idle(self) -> None:
         timeout = self._idle_recheck
-        try:
-            now = self._clock.now()
-            backoff_ends = self._store.next_not_before(now)
-            if backoff_ends is not None:
-                timeout = min(timeout, max((backoff_ends - now).total_seconds(), 0.0))
-        except Exception:
-            self._log.exception("worker: reading the next backoff failed")
+        now = self._clock.now()
+        if not self._nothing_eligible:  # else the claim that found nothing read it
+            try:
+                self._backoff_ends = self._store.next_not_before(now)
+            except Exception:
+                self._log.exception("worker: reading the next backoff failed")
+                self._backoff_ends = now  # unknown: nothing may start at once
+        if self._backoff_ends is not None:
+            timeout = min(timeout, max((self._backoff_ends - now).total_seconds(), 0.0))
         self._lull.idle()
+        self._at_rest = True
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+        except TimeoutError:
+            self._nothing_eligible = False  # a backoff ended, or another process added work
         finally:
-            self._lull.busy()
+            self._at_rest = False
+            if self._running is None:
+                self._lull.busy()
 
     async def _dispatch_next(self) -> bool:
         """Claim and run one job; False when none is eligible, or while work waits for an
@@ -419,8 +517,12 @@ class Worker:
         if self._unrecorded or await self._hold_for_target():
             return False
         now = self._clock.now()
+        if self._nothing_eligible and (self._backoff_ends is None or now < self._backoff_ends):
+            return False  # the last claim found nothing, and nothing came since
         job = self._store.claim_next(resident=self.resident, now=now, max_wait=self._max_wait)
         if job is None:
+            self._backoff_ends = self._store.next_not_before(now)
+            self._nothing_eligible = True
             return False
         self._transitioned(job)
         live = self._live.get(job.id) if job.sync else None
@@ -429,14 +531,23 @@ class Worker:
             self._save(jobs.cancel(job, now), expected=job.state)
             self._log.info("job %s: sync job without a waiting client, cancelled", job.id)
             return True
-        run = _Run(job=job, live=live, started_at=now)
+        self._start(job)
+        return True
+
+    def _start(self, job: Job) -> _Run:
+        """Start the attempt of the claimed `job` in a task of its own; the running job."""
+        live = self._live.get(job.id) if job.sync else None
+        run = _Run(job=job, live=live, started_at=job.started_at or self._clock.now())
         run.task = asyncio.create_task(self._attempt(run), name=f"foreman-job-{job.id}")
         self._running = run
+        return run
+
+    async def _see_through(self, run: _Run) -> None:
+        """Watch the running job to its end and put it in order."""
         try:
             await self._await_run(run)
         finally:
             self._running = None
-        return True
 
     async def _hold_for_target(self) -> bool:
         """Whether to leave the queue alone because Ollama is unreachable (ADR 0011).
@@ -524,8 +635,12 @@ class Worker:
                 async for chunk in response.chunks():
                     run.last_byte_at = self._clock.now()
                     live._send(chunk)
-        # Sync jobs keep bookkeeping only: the client already has the bytes.
-        self._finish(run, result=None)
+        # Sync jobs keep bookkeeping only, and their client does not wait for it: the store
+        # writes the job done with its next write, after this answer (ADR 0015).
+        now = self._clock.now()
+        self._store_if_new(run)
+        self._store.save_later(jobs.complete(run.job, now, None), expected=run.job.state)
+        self._durations.append((now - run.started_at).total_seconds())
         live._end()
 
     async def _collect(self, run: _Run) -> None:
@@ -603,6 +718,9 @@ class Worker:
             self._after_target_error(
                 run, TargetUnreachable(f"Ollama stopped answering (nothing for {grace:g}s)")
             )
+        elif run.abort_reason == _Abort.UNSTORED:
+            if run.live is not None:
+                run.live._abort(500, UNSTORED_MESSAGE)
         elif task.cancelled() or run.abort_reason == _Abort.SHUTDOWN:
             self._interrupt(run)
         if run.live is not None and not run.live.finished and not self._is_queued(run.job.id):
@@ -625,6 +743,8 @@ class Worker:
                     self._log.warning(
                         "job %s: its end went unrecorded; now %s", job_id, ended.state
                     )
+        except JobNotFound:
+            pass  # never stored (ADR 0015): nothing to end
         except Exception:
             self._log.warning("job %s: the store still refuses its end; trying again", job_id)
             return
@@ -671,6 +791,9 @@ class Worker:
     ) -> Job | None:
         """Store a transition; None when the job moved on meanwhile (cancelled), which wins."""
         try:
+            run = self._running
+            if run is not None and run.job.id == job.id:
+                self._store_if_new(run)
             saved = self._store.save(job, expected=expected, artifacts=artifacts)
         except StaleJob as stale:
             self._log.info("job %s: now %s; the worker leaves it", job.id, stale.actual)
@@ -678,6 +801,8 @@ class Worker:
         except Exception:
             self._unrecorded.add(job.id)
             raise
+        if saved.state == JobState.QUEUED:
+            self._nothing_eligible = False
         self._transitioned(saved)
         return saved
 

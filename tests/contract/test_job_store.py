@@ -20,6 +20,7 @@ from foreman_core import job as jobs
 from foreman_core.errors import (
     ArtifactNotFound,
     IdempotencyConflict,
+    InvalidTransition,
     JobNotFound,
     QueueFull,
     StaleJob,
@@ -404,6 +405,84 @@ def test_claim_and_queue_position_follow_the_scheduler(
             store.close()
 
 
+# -- a job claimed as it arrives, a transition saved later (ADR 0015) ------------------------
+
+
+def test_add_claimed_stores_a_new_job_already_claimed_with_both_its_events(
+    store: Store, make: Callable[..., Job]
+) -> None:
+    job = make(webhook_url=HOOK)
+    claimed = jobs.claim(job, T0 + SECOND, resident=False)
+    assert store.add_claimed(job, claimed) == claimed
+    stored = store.get(job.id)
+    assert (stored.state, stored.attempts, stored.started_at) == (
+        JobState.LOADING,
+        1,
+        T0 + SECOND,
+    )
+    assert store.count_queued() == 0 and claim(store, [], T0 + SECOND) is None
+    states = []
+    while due := store.due_deliveries(T0 + MAX_WAIT):
+        states.append(due[0].event.state)
+        store.mark_delivered(due[0].event.event_id, T0 + MAX_WAIT)
+    assert states == [JobState.QUEUED, JobState.LOADING]
+    working = store.save(jobs.mark_working(stored, T0 + 2 * SECOND), expected=JobState.LOADING)
+    assert store.get(job.id) == working
+
+
+def test_add_claimed_takes_only_the_claim_of_a_new_job_without_an_idempotency_key(
+    store: Store, make: Callable[..., Job]
+) -> None:
+    job, other = make(), make()
+    with pytest.raises(ValueError):
+        store.add_claimed(job, jobs.claim(other, T0, resident=True))
+    with pytest.raises(ValueError):
+        store.add_claimed(job, job)
+    keyed = make(idempotency_key="k")
+    with pytest.raises(ValueError):
+        store.add_claimed(keyed, jobs.claim(keyed, T0, resident=True))
+    assert store.list().jobs == []
+
+
+def test_a_transition_saved_later_is_seen_by_every_later_call(
+    store: Store, make: Callable[..., Job]
+) -> None:
+    job = make(sync=True)
+    working = store.add_claimed(job, jobs.claim(job, T0, resident=True))
+    done = jobs.complete(working, T0 + SECOND, None)
+    store.save_later(done, expected=JobState.WORKING)
+    assert store.get(job.id) == done
+    store.save_later(done, expected=JobState.WORKING)  # stale by now: dropped
+    assert [j.id for j in store.list(state=JobState.DONE).jobs] == [job.id]
+    assert store.list(state=JobState.WORKING).jobs == []
+    with pytest.raises(InvalidTransition):
+        store.save(jobs.cancel(store.get(job.id), T0 + 2 * SECOND), expected=JobState.DONE)
+
+
+def test_a_transition_saved_later_is_written_with_the_next_write_even_a_refused_one(
+    store: Store, make: Callable[..., Job]
+) -> None:
+    store.add(make())
+    job = make(sync=True)
+    working = store.add_claimed(job, jobs.claim(job, T0, resident=True))
+    store.save_later(jobs.complete(working, T0 + SECOND, None), expected=JobState.WORKING)
+    with pytest.raises(QueueFull):
+        store.add(make(), max_queued=1)
+    assert store.get(job.id).state == JobState.DONE
+    assert store.count_queued() == 1
+
+
+def test_a_transition_saved_later_whose_job_moved_on_is_dropped(
+    store: Store, make: Callable[..., Job]
+) -> None:
+    job = make(sync=True)
+    working = store.add_claimed(job, jobs.claim(job, T0, resident=True))
+    cancelled = store.save(jobs.cancel(working, T0 + SECOND), expected=JobState.WORKING)
+    store.save_later(jobs.complete(working, T0 + 2 * SECOND, None), expected=JobState.WORKING)
+    assert store.get(job.id) == cancelled
+    assert store.add(make()).state == JobState.QUEUED
+
+
 # -- listing ---------------------------------------------------------------------------------
 
 
@@ -713,6 +792,35 @@ def test_the_sqlite_store_checkpoints_the_wal_in_the_background(
         assert path.stat().st_size > before
     finally:
         store.close()
+
+
+def test_the_sqlite_store_writes_what_it_saves_later_on_its_own_and_when_closed(
+    tmp_path: Path, make: Callable[..., Job], ids: CountingIds
+) -> None:
+    path = tmp_path / "foreman.db"
+    store = SqliteJobStore(path, ids, checkpoint_interval=0.01)
+    reader = SqliteJobStore(path, ids, checkpoint_interval=3600)  # sees only what is written
+    try:
+        first, second = make(sync=True), make(sync=True)
+        for job in (first, second):
+            working = store.add_claimed(job, jobs.claim(job, T0, resident=True))
+            store.save_later(jobs.complete(working, T0, None), expected=JobState.WORKING)
+        assert reader.get(second.id).state == JobState.WORKING  # both pending
+        # With nothing else using the store, its checkpoint thread writes them.
+        deadline = time.monotonic() + 10
+        while reader.get(second.id).state != JobState.DONE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reader.get(first.id).state == reader.get(second.id).state == JobState.DONE
+
+        third = make(sync=True)
+        working = store.add_claimed(third, jobs.claim(third, T0, resident=True))
+        store._checkpointer.stop()  # no thread to write it: only close() can
+        store.save_later(jobs.complete(working, T0, None), expected=JobState.WORKING)
+        store.close()
+        assert reader.get(third.id).state == JobState.DONE
+    finally:
+        store.close()
+        reader.close()
 
 
 def test_writes_faster_than_the_background_checkpoints_still_keep_the_wal_short(

@@ -207,6 +207,41 @@ class StoreMachine(RuleBasedStateMachine):
         assert claimed == jobs.claim(expected, now, resident=expected.residency in resident)
         self.moved(expected, claimed)
 
+    @precondition(lambda self: self.running() is None)
+    @rule(model=st.sampled_from(["a", "b"]), resident=st.booleans())
+    def start_at_once(self, model: str, resident: bool) -> None:
+        """A sync request finds nothing eligible queued: stored already claimed (ADR 0015)."""
+        now = self.clock.now()
+        if choose_next(self.jobs.values(), [], now, timedelta(seconds=60)) is not None:
+            return
+        job = new_job(
+            job_id=self.ids.new_id(),
+            kind=CHAT,
+            model=model,
+            payload=model.encode(),
+            now=now,
+            priority=10,
+            sync=True,
+        )
+        claimed = jobs.claim(job, now, resident=resident)
+        assert self.store.add_claimed(job, claimed) == claimed
+        self.jobs[job.id] = job
+        self.events[job.id] = []
+        self.delivered[job.id] = 0
+        self.moved(job, claimed)
+
+    @precondition(
+        lambda self: (r := self.running()) is not None and r.state == JobState.WORKING and r.sync
+    )
+    @rule()
+    def complete_later(self) -> None:
+        """A sync job's answer is in: recorded done without waiting; every read sees it."""
+        job = self.running()
+        assert job is not None
+        done = jobs.complete(job, self.clock.now(), None)
+        self.store.save_later(done, expected=JobState.WORKING)
+        self.moved(job, done)
+
     @precondition(lambda self: (r := self.running()) is not None and r.state == JobState.LOADING)
     @rule()
     def mark_working(self) -> None:

@@ -903,6 +903,163 @@ async def test_a_job_whose_end_the_store_refused_is_ended_as_a_crash_would_and_r
     assert (await rig.settled(second.id, JobState.DONE)).attempts == 1
 
 
+# -- a sync job that finds the worker resting (ADR 0015) ------------------------------------
+
+
+class RecordingStore(InMemoryJobStore):
+    """Notes which writes each job went through, and how many requests (loads too) the target
+    had seen when the job was first stored; `refuse_claimed` makes add_claimed fail once."""
+
+    def __init__(self, ids: UlidGenerator, target: FakeTarget) -> None:
+        super().__init__(ids)
+        self.target = target
+        self.writes: dict[str, list[str]] = {}
+        self.requests_when_stored: dict[str, int] = {}
+        self.refuse_claimed = False
+
+    def _note(self, job: Job, write: str) -> None:
+        self.writes.setdefault(job.id, []).append(write)
+        self.requests_when_stored.setdefault(job.id, len(self.target.calls))
+
+    def add(self, job: Job, **kwargs: Any) -> Job:
+        self._note(job, "add")
+        return super().add(job, **kwargs)
+
+    def add_claimed(self, job: Job, claimed: Job) -> Job:
+        self._note(job, "add_claimed")
+        if self.refuse_claimed:
+            self.refuse_claimed = False
+            raise RuntimeError("disk full")
+        return super().add_claimed(job, claimed)
+
+    def claim_next(self, **kwargs: Any) -> Job | None:
+        claimed = super().claim_next(**kwargs)
+        if claimed is not None:
+            self._note(claimed, "claim_next")
+        return claimed
+
+    def save_later(self, job: Job, **kwargs: Any) -> None:
+        self._note(job, "save_later")
+        super().save_later(job, **kwargs)
+
+
+OTHER_MODEL_BODY = {"model": "s", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def models_requested(rig: Rig) -> list[str]:
+    """The model of each request (not load) the target received, in order."""
+    return [json.loads(call.body)["model"] for call in rig.target.requests]
+
+
+async def start_resting(rig: Rig) -> WorkerLull:
+    """Start the rig's worker and wait until its loop rests; its lull."""
+    lull = WorkerLull()
+    await rig.start(lull=lull)
+    assert await lull.wait(WAIT)
+    return lull
+
+
+@pytest.fixture
+def recording(rig: Rig) -> RecordingStore:
+    """The rig's store, recording."""
+    rig.store = RecordingStore(rig.ids, rig.target)
+    return rig.store
+
+
+async def test_a_sync_job_that_finds_the_worker_resting_is_sent_before_it_is_stored(
+    rig: Rig, recording: RecordingStore
+) -> None:
+    await start_resting(rig)  # its claim found nothing
+    job, live = rig.submit(sync=True)
+    assert live is not None
+
+    answer, body = await live.complete()
+    assert (answer, body) == (ResponseStarted(200, NDJSON), DONE_LINE)
+    done = await rig.settled(job.id, JobState.DONE)
+    assert done.attempts == 1
+    assert recording.writes[job.id] == ["add_claimed", "save_later"]
+    assert recording.requests_when_stored[job.id] == 1  # the request went out first
+    assert rig.target.max_in_flight == 1
+
+
+async def test_a_sync_job_behind_an_eligible_queued_job_waits_its_turn_in_the_store(
+    rig: Rig, recording: RecordingStore
+) -> None:
+    await start_resting(rig)
+    rig.submit()  # async, eligible, and the loop has not claimed it yet
+    second, live = rig.submit(sync=True, body=OTHER_MODEL_BODY)
+    assert live is not None
+
+    await live.complete()
+    await rig.settled(second.id, JobState.DONE)
+    assert recording.writes[second.id][:2] == ["add", "claim_next"]
+    assert recording.requests_when_stored[second.id] == 0  # queued before anything ran
+    assert models_requested(rig) == ["m", "s"]  # first come, first served
+
+
+async def test_a_sync_job_waits_behind_a_job_whose_backoff_has_just_ended(
+    rig: Rig, recording: RecordingStore
+) -> None:
+    rig.target.script(Refuse(TargetBusy(503, b"busy")))
+    lull = WorkerLull()
+    await rig.start(policy=RetryPolicy(base=timedelta(seconds=5)), lull=lull)
+    retried, _ = rig.submit()
+    await rig.settled(retried.id, JobState.QUEUED, attempts=1)
+    assert await lull.wait(WAIT)  # resting until the backoff ends, 5 s from now
+    rig.clock.advance(6)  # it has ended, and the loop has not noticed yet
+
+    job, live = rig.submit(sync=True, body=OTHER_MODEL_BODY)
+    assert live is not None
+    await live.complete()
+    assert recording.writes[job.id][:2] == ["add", "claim_next"]
+    assert (await rig.settled(retried.id, JobState.DONE)).attempts == 2
+    assert models_requested(rig) == ["m", "m", "s"]  # the retry went first
+
+
+async def test_a_sync_job_the_store_will_not_take_gets_an_error_and_its_request_aborted(
+    rig: Rig, recording: RecordingStore
+) -> None:
+    rig.inventory.loaded = ["m"]  # no load: the request itself is in flight when refused
+    rig.target.script(Reply(pause_before=0))
+    lull = await start_resting(rig)
+    recording.refuse_claimed = True
+    job, live = rig.submit(sync=True)
+    assert live is not None
+
+    # The fake target answers its head at once, so the response has begun when the store
+    # refuses the job; its body ends with the error.
+    assert await live.start() == ResponseStarted(200, NDJSON)
+    assert await read_all(live) == [b'{"error":"the job store would not record the job"}\n']
+    assert rig.target.requests[0].exited_with is asyncio.CancelledError
+    with pytest.raises(JobNotFound):
+        rig.store.get(job.id)
+    assert await lull.wait(WAIT)
+    after, live = rig.submit(sync=True)  # the worker goes on
+    assert live is not None
+    await live.complete()
+    assert (await rig.settled(after.id, JobState.DONE)).attempts == 1
+
+
+async def test_a_sync_job_that_ends_before_the_store_had_it_is_refused_500_all_the_same(
+    rig: Rig, recording: RecordingStore
+) -> None:
+    lull = await start_resting(rig)
+    recording.refuse_claimed = True
+    job, live = rig.submit(sync=True)  # the fake answers the load at once: first write
+    assert live is not None
+
+    assert await live.start() == ResponseFailed(
+        500, b'{"error":"the job store would not record the job"}', JSON
+    )
+    with pytest.raises(JobNotFound):
+        rig.store.get(job.id)
+    assert await lull.wait(WAIT)
+    after, live = rig.submit(sync=True)  # nothing was left unrecorded to hold the worker
+    assert live is not None
+    await live.complete()
+    assert (await rig.settled(after.id, JobState.DONE)).attempts == 1
+
+
 # -- the lull ------------------------------------------------------------------------------
 
 

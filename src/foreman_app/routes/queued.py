@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Request, Response, post
+from litestar import Request, post
 from litestar.di import NamedDependency
-from litestar.response import Stream
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from foreman_app.requests import ollama_request
 from foreman_app.sync_jobs import SyncJobs
 from foreman_core.job import CHAT, GENERATE, Job
-from foreman_core.worker import LiveResponse, ResponseFailed, ResponseStarted, Worker
+from foreman_core.worker import LiveResponse, ResponseFailed, Worker
 
 JOB_ID_HEADER = "X-Foreman-Job-Id"
+JOB_ID_HEADER_BYTES = JOB_ID_HEADER.lower().encode("ascii")
 
 _ABORTS: set[asyncio.Task[None]] = set()
-"""Aborts of abandoned streams still running."""
+"""Cancellations of jobs whose clients left, still running."""
 
 
 KIND_OF_ROUTE = {"/api/chat": CHAT, "/api/generate": GENERATE}
@@ -28,77 +28,109 @@ KIND_OF_ROUTE = {"/api/chat": CHAT, "/api/generate": GENERATE}
 @post(list(KIND_OF_ROUTE), status_code=200)
 async def queued_inference(
     request: Request[Any, Any, Any], sync_jobs: NamedDependency[SyncJobs]
-) -> Response[bytes]:
-    """Ollama's chat and generate, queued as sync jobs; the target's answer relayed live."""
+) -> ASGIApp:
+    """Ollama's chat and generate, queued as sync jobs; the target's answer relayed live.
+
+    The answers are bare ASGI apps rather than Litestar responses: each is a few header bytes
+    around the target's body, and Litestar's machinery for them (a Response, and for a
+    stream a task group watching for the client to leave) cost more than the rest of the
+    relay (ADR 0015). The handler watches for the client itself.
+    """
     body = await request.body()
     fields = ollama_request(body)
     job, live = await sync_jobs.admit(KIND_OF_ROUTE[request.url.path], body, fields)
     worker = sync_jobs.worker
-    started = await _start_unless_disconnected(request, live, job, worker)
-    if started is None:
-        return Response(b"", status_code=499)
-    headers = {JOB_ID_HEADER: job.id}
-    if isinstance(started, ResponseFailed):
-        worker.forget(job.id)
-        return Response(
-            started.body,
-            status_code=started.status,
-            media_type=started.content_type,
-            headers=headers,
-        )
-    if fields.get("stream", True) is False:
-        data = b"".join([chunk async for chunk in live.chunks()])
-        worker.forget(job.id)
-        return Response(
-            data, status_code=started.status, media_type=started.content_type, headers=headers
-        )
-    return Stream(
-        _relay(live, job, worker),
-        status_code=started.status,
-        media_type=started.content_type,
-        headers=headers,
-    )
-
-
-async def _start_unless_disconnected(
-    request: Request[Any, Any, Any], live: LiveResponse, job: Job, worker: Worker
-) -> ResponseStarted | ResponseFailed | None:
-    """Wait for the target's answer; if the client leaves first, cancel the job and say None."""
-    answer = asyncio.ensure_future(live.start())
-    gone = asyncio.ensure_future(_disconnected(request))
+    watch = asyncio.get_running_loop().create_task(_cancel_when_client_leaves(request, job, worker))
+    streamed = fields.get("stream", True) is not False
     try:
-        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if answer.done():
-        return answer.result()
-    answer.cancel()
-    with contextlib.suppress(Exception):
-        await worker.cancel(job.id)
-    worker.forget(job.id)
-    return None
+        if streamed:
+            answer, data = await live.start(), b""
+        else:
+            answer, data = await live.complete()
+    except BaseException:
+        watch.cancel()
+        raise
+    if isinstance(answer, ResponseFailed) or not streamed:
+        watch.cancel()
+        worker.forget(job.id)
+        if isinstance(answer, ResponseFailed):
+            data = answer.body
+        return _Whole(answer.status, answer.content_type, job.id, data)
+    return _Relay(answer.status, answer.content_type, job.id, live, worker, watch)
 
 
-async def _disconnected(request: Request[Any, Any, Any]) -> None:
+class _Whole:
+    """An answer sent whole: status, content type and the job's id around `body`."""
+
+    def __init__(self, status: int, content_type: str, job_id: str, body: bytes) -> None:
+        self._start = _response_start(status, content_type, job_id, len(body))
+        self._body = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(self._start)  # type: ignore[arg-type]
+        await send(self._body)  # type: ignore[arg-type]
+
+
+class _Relay:
+    """The target's chunks as they come; a client that goes away aborts the upstream request
+    (`watch` sees it leave and cancels the job; a failed send does the same)."""
+
+    def __init__(
+        self,
+        status: int,
+        content_type: str,
+        job_id: str,
+        live: LiveResponse,
+        worker: Worker,
+        watch: asyncio.Task[None],
+    ) -> None:
+        self._start = _response_start(status, content_type, job_id, None)
+        self._job_id = job_id
+        self._live = live
+        self._worker = worker
+        self._watch = watch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        finished = False
+        try:
+            await send(self._start)  # type: ignore[arg-type]
+            async for chunk in self._live.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finished = True
+        finally:
+            self._watch.cancel()
+            self._worker.forget(self._job_id)
+            if not finished:
+                _abort_in_background(self._worker, self._job_id)
+
+
+def _response_start(
+    status: int, content_type: str, job_id: str, length: int | None
+) -> dict[str, Any]:
+    headers = [(b"content-type", content_type.encode("latin-1"))]
+    if length is not None:
+        headers.append((b"content-length", b"%d" % length))
+    headers.append((JOB_ID_HEADER_BYTES, job_id.encode("ascii")))
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+async def _cancel_when_client_leaves(
+    request: Request[Any, Any, Any], job: Job, worker: Worker
+) -> None:
+    """Until cancelled, wait for the client to go away; then cancel its job: one queued never
+    runs, one running has its upstream request aborted. The handler then answers nobody."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    _abort_in_background(worker, job.id)
 
 
-async def _relay(live: LiveResponse, job: Job, worker: Worker) -> AsyncIterator[bytes]:
-    """The target's chunks as they come; a client that goes away aborts the upstream request."""
-    finished = False
-    try:
-        async for chunk in live.chunks():
-            yield chunk
-        finished = True
-    finally:
-        worker.forget(job.id)
-        if not finished:
-            # We may be inside a cancelled scope here: hand the abort to a task of its own,
-            # held until it ends (the loop keeps only a weak reference to a task).
-            abort = asyncio.get_running_loop().create_task(_cancel_quietly(worker, job.id))
-            _ABORTS.add(abort)
-            abort.add_done_callback(_ABORTS.discard)
+def _abort_in_background(worker: Worker, job_id: str) -> None:
+    """Cancel the job in a task of its own, held until it ends (the loop keeps only a weak
+    reference to a task): the caller may be in a cancelled scope, or about to be cancelled."""
+    abort = asyncio.get_running_loop().create_task(_cancel_quietly(worker, job_id))
+    _ABORTS.add(abort)
+    abort.add_done_callback(_ABORTS.discard)
 
 
 async def _cancel_quietly(worker: Worker, job_id: str) -> None:
