@@ -493,7 +493,7 @@ class Worker:
                 self._backoff_ends = self._store.next_not_before(now)
             except Exception:
                 self._log.exception("worker: reading the next backoff failed")
-                self._backoff_ends = now  # unknown: nothing may start at once
+                self._backoff_ends = None  # look again after the idle recheck
         if self._backoff_ends is not None:
             timeout = min(timeout, max((self._backoff_ends - now).total_seconds(), 0.0))
         self._lull.idle()
