@@ -1,56 +1,55 @@
-"""`DeferredStreamHandler`: log lines written a moment after they are logged on the event loop.
+"""`DeferredAccessLog`: the access line of each request, logged a moment after the fact.
 
 uvicorn logs a request's access line when the response starts, in the middle of sending it:
-formatting the line and writing it to stderr then delays the response by ~0.1 ms. On the event
-loop this handler only keeps the record, and writes what it keeps `WRITE_DELAY` later; elsewhere
-(other threads, no loop) it writes at once. Lines keep their order, and `flush()` (called at
-exit by `logging.shutdown`) writes whatever is kept.
+making the record, formatting it and writing it to stderr then delays the answer by ~0.1 ms
+(ADR 0015). This ASGI wrapper logs the same line on the `foreman.access` logger
+`ACCESS_LOG_DELAY` after the response started, when the event loop is usually waiting for
+Ollama; uvicorn's own (`uvicorn.access`, which uvicorn silences then) is switched off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TextIO
+from typing import Any
 
-WRITE_DELAY = 0.002
-"""Seconds a line logged on the event loop waits before it is written. With a client that sends
-its next request the moment it has an answer, a write just after the answer would delay that
-request; a moment later it falls, most of the time, into the wait for Ollama's answer."""
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+ACCESS_LOG_DELAY = 0.002
+"""Seconds from a response's start to its access line. A client that sends its next request
+the moment it has an answer would otherwise wait for the line to be written."""
+
+access_logger = logging.getLogger("foreman.access")
 
 
-class DeferredStreamHandler(logging.StreamHandler[TextIO]):
-    """A StreamHandler whose writes on the event loop wait `WRITE_DELAY` seconds."""
+class DeferredAccessLog:
+    """Wraps an ASGI app; logs `client - "METHOD path HTTP/v" status` for each HTTP response."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__(stream)
-        self._kept: list[logging.LogRecord] = []
+    def __init__(self, app: Any) -> None:
+        self.app = app
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._write([record])
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        if not self._kept:
-            loop.call_later(WRITE_DELAY, self.flush)
-        self._kept.append(record)
 
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            kept, self._kept = self._kept, []
-        self._write(kept)
+        async def send_noting_the_start(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                asyncio.get_running_loop().call_later(
+                    ACCESS_LOG_DELAY, log_access, scope, message["status"]
+                )
+            await send(message)
 
-    def _write(self, records: list[logging.LogRecord]) -> None:
-        if not records:
-            return
-        with self.lock:  # type: ignore[union-attr]
-            for record in records:
-                try:
-                    self.stream.write(self.format(record) + self.terminator)
-                except Exception:
-                    self.handleError(record)
-            try:
-                self.stream.flush()
-            except Exception:
-                self.handleError(records[-1])
+        await self.app(scope, receive, send_noting_the_start)
+
+
+def log_access(scope: Any, status: int) -> None:
+    """The access line uvicorn would have logged for the request of `scope`."""
+    access_logger.info(
+        '%s - "%s %s HTTP/%s" %d',
+        get_client_addr(scope),
+        scope["method"],
+        get_path_with_query_string(scope),
+        scope["http_version"],
+        status,
+    )

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from foreman_core.clock import UlidGenerator, is_ulid
 from foreman_core.errors import InvalidTransition
 from foreman_core.job import (
     ALLOWED_TRANSITIONS,
@@ -239,3 +240,10 @@ def test_no_event_without_a_webhook_for_sync_jobs_or_without_a_change(before, af
 
 def test_model_names_are_one_model_whatever_their_case() -> None:
     assert normalize_model("Llama3.2") == normalize_model("llama3.2:LATEST") == "llama3.2:latest"
+
+
+def test_ulids_are_unique_valid_and_growing_across_many_reads_of_randomness() -> None:
+    ids = UlidGenerator()
+    made = [ids.new_id() for _ in range(3 * UlidGenerator.RANDOM_BYTES_PER_READ // 10 + 7)]
+    assert all(is_ulid(i) for i in made)
+    assert made == sorted(made) and len(set(made)) == len(made)

@@ -1,62 +1,63 @@
-"""DeferredStreamHandler: lines logged on the event loop are written a moment later, in order."""
+"""DeferredAccessLog: uvicorn's access line, on foreman.access, a moment after the response."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from foreman_app.logs import DeferredStreamHandler
+from foreman_app.logs import DeferredAccessLog
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture
-def logged() -> Iterator[tuple[logging.Logger, io.StringIO, DeferredStreamHandler]]:
-    """A logger of its own writing through the handler into a string."""
-    stream = io.StringIO()
-    handler = DeferredStreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger = logging.getLogger("test.deferred")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield logger, stream, handler
-    logger.removeHandler(handler)
+SCOPE = {
+    "type": "http",
+    "method": "POST",
+    "path": "/api/chat",
+    "query_string": b"x=1",
+    "root_path": "",
+    "http_version": "1.1",
+    "client": ("127.0.0.1", 5000),
+}
 
 
-def test_off_the_event_loop_a_line_is_written_at_once(
-    logged: tuple[logging.Logger, io.StringIO, DeferredStreamHandler],
+async def answer(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that answers 201 with a body."""
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_the_access_line_is_uvicorns_logged_a_moment_after_the_response_starts(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    logger, stream, _ = logged
-    logger.info("one")
-    assert stream.getvalue() == "INFO one\n"
+    caplog.set_level(logging.INFO, logger="foreman.access")
+    sent: list[dict[str, Any]] = []
 
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
 
-async def test_on_the_event_loop_lines_wait_and_then_come_in_order(
-    logged: tuple[logging.Logger, io.StringIO, DeferredStreamHandler],
-) -> None:
-    logger, stream, _ = logged
-    logger.info("one")
-    logger.warning("two %d", 2)
+    await DeferredAccessLog(answer)(SCOPE, None, send)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     await asyncio.sleep(0)
-    assert stream.getvalue() == ""  # not in the step that logged them, nor the next
+    assert caplog.records == []  # not while the answer goes out
     for _ in range(5000):
-        if stream.getvalue():
+        if caplog.records:
             break
         await asyncio.sleep(0.001)
-    assert stream.getvalue() == "INFO one\nWARNING two 2\n"
+    [record] = caplog.records
+    assert record.name == "foreman.access"
+    assert record.getMessage() == '127.0.0.1:5000 - "POST /api/chat?x=1 HTTP/1.1" 201'
 
 
-async def test_flush_writes_what_is_kept_at_once(
-    logged: tuple[logging.Logger, io.StringIO, DeferredStreamHandler],
-) -> None:
-    logger, stream, handler = logged
-    logger.info("kept")
-    handler.flush()  # what logging.shutdown does at exit
-    assert stream.getvalue() == "INFO kept\n"
-    handler.flush()
-    assert stream.getvalue() == "INFO kept\n"
+async def test_other_scopes_pass_through_unlogged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="foreman.access")
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    await DeferredAccessLog(app)({"type": "lifespan"}, None, None)
+    assert seen == ["lifespan"]
+    assert caplog.records == []
