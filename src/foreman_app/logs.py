@@ -2,9 +2,9 @@
 
 uvicorn logs a request's access line when the response starts, in the middle of sending it:
 making the record, formatting it and writing it to stderr then delays the answer by ~0.1 ms
-(ADR 0015). This ASGI wrapper logs the same line on the `foreman.access` logger
-`ACCESS_LOG_DELAY` after the response started, when the event loop is usually waiting for
-Ollama; uvicorn's own (`uvicorn.access`, which uvicorn silences then) is switched off.
+(ADR 0015). This ASGI wrapper logs the same line on the `foreman.access` logger a moment
+(`ACCESS_LOG_DELAY` by default) after the response started, when the event loop is usually
+waiting for Ollama; uvicorn's own (`uvicorn.access`, which uvicorn silences then) is off.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ access_logger = logging.getLogger("foreman.access")
 class DeferredAccessLog:
     """Wraps an ASGI app; logs `client - "METHOD path HTTP/v" status` for each HTTP response."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, delay: float = ACCESS_LOG_DELAY) -> None:
         self.app = app
+        self.delay = delay
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -36,7 +37,7 @@ class DeferredAccessLog:
         async def send_noting_the_start(message: Any) -> None:
             if message["type"] == "http.response.start":
                 asyncio.get_running_loop().call_later(
-                    ACCESS_LOG_DELAY, log_access, scope, message["status"]
+                    self.delay, log_access, scope, message["status"]
                 )
             await send(message)
 

@@ -304,8 +304,8 @@ class Worker:
 
         A full queue raises `QueueFull` carrying when to come back: about one job's duration,
         when a slot frees up. The store's other errors (e.g. `IdempotencyConflict`) pass through.
-        A sync job that arrives while no queued job could go before it is handed straight to
-        the loop instead, and stored as its request goes to the target (ADR 0015).
+        A sync job that arrives while the loop rests, with no queued job that could go before
+        it, is started at once instead, and stored as its request goes to the target (ADR 0015).
         """
         if job.sync and self._can_start_at_once():
             self._lull.busy()
@@ -598,7 +598,8 @@ class Worker:
     # -- one job ---------------------------------------------------------------------------
 
     async def _attempt(self, run: _Run) -> None:
-        """Load if needed, then run the request; every outcome but cancellation is handled here."""
+        """Load if needed, then run the request; every outcome but cancellation and a job the
+        store refused (`_Unstored`, answered by `_settle`) is handled here."""
         try:
             if run.job.state == JobState.LOADING:
                 await self._load(run)
@@ -612,6 +613,8 @@ class Worker:
                 await self._relay(run)
             else:
                 await self._collect(run)
+        except _Unstored:
+            raise
         except TargetError as error:
             self._after_target_error(run, error)
         except Exception as error:
@@ -705,9 +708,14 @@ class Worker:
         """After the job's task: put an aborted job in order and release its client."""
         task = run.task
         assert task is not None
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error("job %s: task died", run.job.id, exc_info=task.exception())
-        if run.abort_reason == _Abort.CANCELLED:
+        died = None if task.cancelled() else task.exception()
+        unstored = run.abort_reason == _Abort.UNSTORED or isinstance(died, _Unstored)
+        if died is not None and not unstored:
+            self._log.error("job %s: task died", run.job.id, exc_info=died)
+        if unstored:
+            if run.live is not None:
+                run.live._abort(500, UNSTORED_MESSAGE)
+        elif run.abort_reason == _Abort.CANCELLED:
             if run.live is not None:
                 run.live._abort(CANCELLED_STATUS, CANCELLED_MESSAGE)
         elif run.abort_reason == _Abort.TARGET_GONE:
@@ -718,9 +726,6 @@ class Worker:
             self._after_target_error(
                 run, TargetUnreachable(f"Ollama stopped answering (nothing for {grace:g}s)")
             )
-        elif run.abort_reason == _Abort.UNSTORED:
-            if run.live is not None:
-                run.live._abort(500, UNSTORED_MESSAGE)
         elif task.cancelled() or run.abort_reason == _Abort.SHUTDOWN:
             self._interrupt(run)
         if run.live is not None and not run.live.finished and not self._is_queued(run.job.id):
@@ -744,7 +749,7 @@ class Worker:
                         "job %s: its end went unrecorded; now %s", job_id, ended.state
                     )
         except JobNotFound:
-            pass  # never stored (ADR 0015): nothing to end
+            pass  # not in the store (never stored, or pruned): nothing to end
         except Exception:
             self._log.warning("job %s: the store still refuses its end; trying again", job_id)
             return
@@ -790,10 +795,10 @@ class Worker:
         self, job: Job, *, expected: JobState, artifacts: Sequence[Artifact] = ()
     ) -> Job | None:
         """Store a transition; None when the job moved on meanwhile (cancelled), which wins."""
+        run = self._running
+        if run is not None and run.job.id == job.id:
+            self._store_if_new(run)  # `_Unstored` leaves nothing to record
         try:
-            run = self._running
-            if run is not None and run.job.id == job.id:
-                self._store_if_new(run)
             saved = self._store.save(job, expected=expected, artifacts=artifacts)
         except StaleJob as stale:
             self._log.info("job %s: now %s; the worker leaves it", job.id, stale.actual)
