@@ -1060,6 +1060,25 @@ async def test_a_sync_job_that_ends_before_the_store_had_it_is_refused_500_all_t
     assert (await rig.settled(after.id, JobState.DONE)).attempts == 1
 
 
+async def test_stop_fails_a_sync_job_that_was_started_at_once_and_releases_its_client(
+    rig: Rig, recording: RecordingStore
+) -> None:
+    first = b'{"message":{"content":"Hel"},"done":false}\n'
+    reply = Reply([first, DONE_LINE], pause_before=1)
+    rig.target.script(reply)
+    await start_resting(rig)
+    running, running_live = rig.submit(sync=True)
+    assert running_live is not None
+    await eventually(reply.paused.is_set, "the request")
+    assert recording.writes[running.id] == ["add_claimed"]
+
+    assert rig.worker is not None
+    await rig.worker.stop(0)
+
+    assert await read_all(running_live) == [first, f'{{"error":"{STOPPED_MESSAGE}"}}\n'.encode()]
+    assert rig.store.get(running.id).state == JobState.FAILED
+
+
 # -- the lull ------------------------------------------------------------------------------
 
 
