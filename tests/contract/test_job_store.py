@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -783,15 +782,46 @@ def test_the_sqlite_store_checkpoints_the_wal_in_the_background(
     # Fewer pages than SQLite's own checkpoint waits for: only the store's thread copies them.
     path = tmp_path / "foreman.db"
     store = SqliteJobStore(path, ids, checkpoint_interval=0.01)
+    ticks = _count_ticks(store)
     try:
         before = path.stat().st_size
         _write(store, make, 200)
-        deadline = time.monotonic() + 10
-        while path.stat().st_size == before and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # A tick starting from now checkpoints them; the next tick begins after it has.
+        ticks.wait_past(ticks.count + 2)
         assert path.stat().st_size > before
     finally:
         store.close()
+
+
+class _Ticks:
+    """Counts the checkpoint thread's ticks; lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def tick(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait_past(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.count > count, timeout=10)
+
+
+def _count_ticks(store: SqliteJobStore) -> _Ticks:
+    """Count `store`'s checkpoint ticks, each once it has written what was pending (its
+    checkpoint follows; the next tick begins after that)."""
+    ticks = _Ticks()
+    own = store._checkpointer._on_tick
+
+    def tick() -> None:
+        own()
+        ticks.tick()
+
+    store._checkpointer._on_tick = tick
+    return ticks
 
 
 def test_the_sqlite_store_writes_what_it_saves_later_on_its_own_and_when_closed(
@@ -800,16 +830,17 @@ def test_the_sqlite_store_writes_what_it_saves_later_on_its_own_and_when_closed(
     path = tmp_path / "foreman.db"
     store = SqliteJobStore(path, ids, checkpoint_interval=0.01)
     reader = SqliteJobStore(path, ids, checkpoint_interval=3600)  # sees only what is written
+    ticks = _count_ticks(store)
     try:
         first, second = make(sync=True), make(sync=True)
-        for job in (first, second):
-            working = store.add_claimed(job, jobs.claim(job, T0, resident=True))
-            store.save_later(jobs.complete(working, T0, None), expected=JobState.WORKING)
-        assert reader.get(second.id).state == JobState.WORKING  # both pending
-        # With nothing else using the store, its checkpoint thread writes them.
-        deadline = time.monotonic() + 10
-        while reader.get(second.id).state != JobState.DONE and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with store._lock:  # the checkpoint thread leaves a store in use alone
+            for job in (first, second):
+                working = store.add_claimed(job, jobs.claim(job, T0, resident=True))
+                store.save_later(jobs.complete(working, T0, None), expected=JobState.WORKING)
+            assert reader.get(second.id).state == JobState.WORKING  # both pending
+        # With nothing else using the store, a tick of its checkpoint thread that starts from
+        # now writes them: the second tick to end from now on did.
+        ticks.wait_past(ticks.count + 1)
         assert reader.get(first.id).state == reader.get(second.id).state == JobState.DONE
 
         third = make(sync=True)

@@ -959,6 +959,14 @@ async def start_resting(rig: Rig) -> WorkerLull:
     return lull
 
 
+async def runs_a_sync_job(rig: Rig) -> None:
+    """A new sync job gets its answer and is done on its first attempt."""
+    job, live = rig.submit(sync=True)
+    assert live is not None
+    await live.complete()
+    assert (await rig.settled(job.id, JobState.DONE)).attempts == 1
+
+
 @pytest.fixture
 def recording(rig: Rig) -> RecordingStore:
     """The rig's store, recording."""
@@ -1034,10 +1042,7 @@ async def test_a_sync_job_the_store_will_not_take_gets_an_error_and_its_request_
     with pytest.raises(JobNotFound):
         rig.store.get(job.id)
     assert await lull.wait(WAIT)
-    after, live = rig.submit(sync=True)  # the worker goes on
-    assert live is not None
-    await live.complete()
-    assert (await rig.settled(after.id, JobState.DONE)).attempts == 1
+    await runs_a_sync_job(rig)  # the worker goes on
 
 
 async def test_a_sync_job_that_ends_before_the_store_had_it_is_refused_500_all_the_same(
@@ -1054,10 +1059,7 @@ async def test_a_sync_job_that_ends_before_the_store_had_it_is_refused_500_all_t
     with pytest.raises(JobNotFound):
         rig.store.get(job.id)
     assert await lull.wait(WAIT)
-    after, live = rig.submit(sync=True)  # nothing was left unrecorded to hold the worker
-    assert live is not None
-    await live.complete()
-    assert (await rig.settled(after.id, JobState.DONE)).attempts == 1
+    await runs_a_sync_job(rig)  # nothing was left unrecorded to hold the worker
 
 
 async def test_stop_fails_a_sync_job_that_was_started_at_once_and_releases_its_client(
