@@ -368,11 +368,10 @@ class _ResponseBody(httpx.AsyncByteStream):
         self._origin = origin
         self._timeout = timeout
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
         if self._connection is None:
             raise httpx.StreamClosed()
-        async for piece in self._connection.body(self._timeout):
-            yield piece
+        return self._connection.body(self._timeout)
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None

@@ -71,9 +71,12 @@ class RawResponse:
 
 
 async def _raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """Undecoded body bytes, each chunk as soon as it arrives."""
+    """Undecoded body bytes, each chunk as soon as it arrives: the transport's stream itself,
+    without `aiter_raw`'s layer, whose byte counting and re-chunking a relay does not use."""
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in stream:
             yield chunk
     except _TRANSPORT_ERRORS as exc:
         raise TargetBrokeStream(f"the target's response broke off: {_describe(exc)}") from exc

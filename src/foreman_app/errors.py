@@ -140,6 +140,18 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
 
 
+def error_response_for(
+    handlers: ExceptionHandlersMap, request: Request[Any, Any, Any], exc: Exception
+) -> Response[Any]:
+    """The response `handlers` give for `exc`, as Litestar picks one: the handler of the
+    exception's nearest class (`exception_handlers` always has one for `Exception`)."""
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            return handler(request, exc)  # type: ignore[arg-type,return-value]
+    return _internal_error(request, exc)
+
+
 def exception_handlers(auth_tokens: Sequence[str]) -> ExceptionHandlersMap:
     """The app's exception-to-response map; `auth_tokens` guard the 404s of unknown routes."""
     handlers: dict[type[Exception], ErrorHandler] = {

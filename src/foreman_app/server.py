@@ -14,6 +14,7 @@ import uvicorn
 from foreman_app.app import create_app
 from foreman_app.config import ConfigError, Settings, without_credentials
 from foreman_app.container import Container, build_container
+from foreman_app.http_protocol import HeadsWithBodies
 from foreman_app.logs import DeferredAccessLog
 
 EXIT_OK = 0
@@ -112,8 +113,8 @@ def configure_logging(level: str) -> None:
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
     """How uvicorn serves foreman: the configured address, foreman's logging (the access line
-    a moment after each response starts, ADR 0015), a graceful stop bounded by
-    FOREMAN_SHUTDOWN_GRACE."""
+    a moment after each response starts, ADR 0015), each response head sent with its first
+    body bytes (ADR 0016), a graceful stop bounded by FOREMAN_SHUTDOWN_GRACE."""
     access_log = logging.getLevelNamesMapping()[settings.log_level.upper()] <= logging.INFO
     return uvicorn.Config(
         DeferredAccessLog(app) if access_log else app,  # type: ignore[arg-type]
@@ -122,6 +123,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         log_config=None,
         access_log=False,
+        http=HeadsWithBodies,
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace.total_seconds())),

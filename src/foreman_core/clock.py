@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_SET = frozenset(_CROCKFORD)
+_DIGIT_PAIRS = [first + second for first in _CROCKFORD for second in _CROCKFORD]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 
 def is_ulid(text: str) -> bool:
@@ -34,7 +36,8 @@ class UlidGenerator:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._last_random = 0
-        self._random_bytes = b""
+        self._random = b""
+        self._random_used = 0
 
     def new_id(self) -> str:
         """A new ULID, greater than every id this generator made before."""
@@ -44,10 +47,12 @@ class UlidGenerator:
                 ms = self._last_ms
                 rand = self._last_random + 1
             else:
-                if len(self._random_bytes) < 10:
-                    self._random_bytes = os.urandom(self.RANDOM_BYTES_PER_READ)
-                rand = int.from_bytes(self._random_bytes[:10], "big")
-                self._random_bytes = self._random_bytes[10:]
+                used = self._random_used
+                if used + 10 > len(self._random):
+                    self._random, used = os.urandom(self.RANDOM_BYTES_PER_READ), 0
+                rand = int.from_bytes(self._random[used : used + 10], "big")
+                self._random_used = used + 10
             self._last_ms, self._last_random = ms, rand
         value = (ms << 80) | (rand & ((1 << 80) - 1))
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+        # 26 base32 digits hold 130 bits, the first two zero; written two digits at a time.
+        return "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])

@@ -167,7 +167,9 @@ def new_job(
         not_before=now,
         webhook_url=webhook_url,
         idempotency_key=idempotency_key,
-        fingerprint=submission_fingerprint(kind, payload, priority, webhook_url),
+        fingerprint=""
+        if idempotency_key is None
+        else submission_fingerprint(kind, payload, priority, webhook_url),
     )
 
 

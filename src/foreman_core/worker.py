@@ -638,13 +638,21 @@ class Worker:
                 async for chunk in response.chunks():
                     run.last_byte_at = self._clock.now()
                     live._send(chunk)
-        # Sync jobs keep bookkeeping only, and their client does not wait for it: the store
-        # writes the job done with its next write, after this answer (ADR 0015).
-        now = self._clock.now()
         self._store_if_new(run)
-        self._store.save_later(jobs.complete(run.job, now, None), expected=run.job.state)
-        self._durations.append((now - run.started_at).total_seconds())
         live._end()
+        # The handler sends the answer before the job's bookkeeping is done (ADR 0016).
+        asyncio.get_running_loop().call_soon(
+            self._record_done, run.job, self._clock.now(), run.started_at
+        )
+
+    def _record_done(self, job: Job, now: datetime, started_at: datetime) -> None:
+        """A sync job's bookkeeping once its client has the answer: its duration, and `done`,
+        which the store writes with its next write (ADR 0015)."""
+        self._durations.append((now - started_at).total_seconds())
+        try:
+            self._store.save_later(jobs.complete(job, now, None), expected=job.state)
+        except Exception:
+            self._log.exception("job %s: could not record it done", job.id)
 
     async def _collect(self, run: _Run) -> None:
         with self._lull.waiting_on_target():

@@ -1,5 +1,6 @@
 """The app against the simulated Ollama, over ASGI: every route that does not wait in the queue,
-auth, limits, the error shape, and the configuration it is built from."""
+auth, limits, the error shape, how the queued routes refuse requests, and the configuration the
+app is built from."""
 
 from __future__ import annotations
 
@@ -622,3 +623,104 @@ def test_the_duration_error_gives_examples() -> None:
     assert str(raised.value) == (
         "FOREMAN_POLL_INTERVAL: invalid duration 'abc' (examples: 500ms, 30s, 5m, 1h30m)"
     )
+
+
+# -- the queued routes' lane (ADR 0016) ----------------------------------------------------------
+
+QUEUED_PATHS = ["/api/chat", "/api/generate"]
+CHAT_BODY = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
+GENERATE_BODY = b'{"model":"llama3.2","prompt":"hi","stream":false}'
+
+
+@pytest.mark.parametrize("path", QUEUED_PATHS)
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "missing request body"),
+        (b"{}", "model is required"),
+        (b'{"model":3}', "model must be a string"),
+        (b'{"model":"llama3.2","stream":"yes"}', "stream must be a boolean"),
+        (b"[1]", "request body must be a JSON object"),
+    ],
+)
+async def test_queued_routes_refuse_bad_bodies_with_400(
+    client: httpx.AsyncClient, sim: SimulatedOllama, path: str, body: bytes, message: str
+) -> None:
+    response = await client.post(path, content=body)
+    assert (response.status_code, error_of(response)) == (400, message)
+    assert sim.requests[path] == 0
+
+
+@pytest.mark.parametrize("path", QUEUED_PATHS)
+async def test_queued_routes_refuse_an_unknown_model_with_ollamas_404(
+    client: httpx.AsyncClient, sim: SimulatedOllama, path: str
+) -> None:
+    response = await client.post(path, content=b'{"model":"no-such-model"}')
+    assert (response.status_code, error_of(response)) == (404, "model 'no-such-model' not found")
+    assert sim.requests[path] == 0
+
+
+async def test_queued_routes_refuse_a_body_over_the_limit_with_413(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    long_prompt = b'{"model":"llama3.2","prompt":"' + b"x" * 2048 + b'","stream":false}'
+    async with make_app({"FOREMAN_MAX_BODY_SIZE": "1KiB"}) as (client, _):
+        announced = await client.post("/api/generate", content=long_prompt)
+        unannounced = await client.post("/api/generate", content=_in_pieces(long_prompt))
+        small = await client.post("/api/generate", content=GENERATE_BODY)
+    for big in (announced, unannounced):
+        assert (big.status_code, error_of(big)) == (413, "request body too large")
+    assert small.status_code == 200
+    assert sim.requests["/api/generate"] == 1
+
+
+async def _in_pieces(body: bytes) -> AsyncIterator[bytes]:
+    """`body` streamed without a Content-Length, 512 bytes at a time."""
+    for start in range(0, len(body), 512):
+        yield body[start : start + 512]
+
+
+async def test_queued_routes_need_a_token_when_tokens_are_set(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    async with make_app(TOKENS) as (client, _):
+        refused = await client.post("/api/generate", content=GENERATE_BODY)
+        wrong = await client.post(
+            "/api/generate", content=GENERATE_BODY, headers={"Authorization": "Bearer wrong"}
+        )
+        served = await client.post(
+            "/api/generate",
+            content=GENERATE_BODY,
+            headers={"Authorization": "Bearer second-token"},
+        )
+    for response in (refused, wrong):
+        assert (response.status_code, error_of(response)) == (401, "unauthorized")
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert served.status_code == 200
+    assert sim.requests["/api/generate"] == 1
+
+
+async def test_queued_routes_answer_other_methods_405_and_a_trailing_slash_alike(
+    client: httpx.AsyncClient,
+) -> None:
+    wrong = await client.get("/api/chat")
+    assert (wrong.status_code, error_of(wrong)) == (405, "method not allowed")
+    slashed = await client.post("/api/chat/", content=CHAT_BODY)
+    assert slashed.status_code == 200, slashed.text
+    assert slashed.json()["message"]["role"] == "assistant"
+    assert slashed.headers["x-foreman-job-id"]
+
+
+async def test_an_unexpected_exception_in_a_queued_route_is_a_logged_500_json(
+    make_app: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenSyncJobs:
+        async def admit(self, *args: Any) -> Any:
+            raise RuntimeError("kaboom")
+
+    async with make_app() as (client, container):
+        container.sync_jobs.override(providers.Object(BrokenSyncJobs()))
+        response = await client.post("/api/chat", content=CHAT_BODY)
+    assert (response.status_code, error_of(response)) == (500, "internal error")
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info and r.levelname == "ERROR"]
+    assert any(isinstance(exc, RuntimeError) and str(exc) == "kaboom" for exc in logged)

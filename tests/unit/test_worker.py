@@ -983,6 +983,7 @@ async def test_a_sync_job_that_finds_the_worker_resting_is_sent_before_it_is_sto
 
     answer, body = await live.complete()
     assert (answer, body) == (ResponseStarted(200, NDJSON), DONE_LINE)
+    assert recording.writes[job.id] == ["add_claimed"]  # the answer before the bookkeeping
     done = await rig.settled(job.id, JobState.DONE)
     assert done.attempts == 1
     assert recording.writes[job.id] == ["add_claimed", "save_later"]

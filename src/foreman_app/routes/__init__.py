@@ -7,12 +7,13 @@ from litestar.types import ControllerRouterHandler
 from foreman_app.routes.health import banner, healthz
 from foreman_app.routes.jobs import JOB_ROUTES
 from foreman_app.routes.ollama_proxy import PROXY_ROUTES
-from foreman_app.routes.queued import queued_inference
+from foreman_app.routes.queued import chat, generate
 
 ROUTES: list[ControllerRouterHandler] = [
     banner,
     healthz,
-    queued_inference,
+    chat,
+    generate,
     *JOB_ROUTES,
     *PROXY_ROUTES,
 ]
