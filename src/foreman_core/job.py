@@ -97,6 +97,8 @@ class Job:
     webhook_url: str | None = None
     idempotency_key: str | None = None
     fingerprint: str = ""
+    """What a retry with the same idempotency key must match (`submission_fingerprint`); empty
+    for a job without a key."""
 
     @property
     def fifo_key(self) -> tuple[datetime, str]:
