@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from litestar import Request, post
-from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ASGIApp, ExceptionHandlersMap, Receive, Scope, Send
@@ -41,7 +40,7 @@ class QueuedRoutes:
     Litestar would: checks the bearer token, reads the body within FOREMAN_MAX_BODY_SIZE,
     admits the job and answers; an error before the answer becomes the response Litestar's
     exception handlers give for it. The routes stay declared in Litestar (`chat`, `generate`)
-    for the OpenAPI description and for any request the lane does not take.
+    for the OpenAPI description; a request that reaches them is handed back to this lane.
     """
 
     def __init__(
@@ -68,7 +67,7 @@ class QueuedRoutes:
         try:
             if not is_authorized(scope, self._auth_tokens):
                 raise NotAuthorizedException("unauthorized")
-            answer = await admit(kind, self._sync_jobs(), self._max_body_size, scope, receive)
+            answer = await self._admit(kind, scope, receive)
         except Exception as exc:
             request: Request[Any, Any, Any] = Request(scope, receive)
             response = error_response_for(self._error_handlers, request, exc)
@@ -77,49 +76,40 @@ class QueuedRoutes:
         if answer is not None:
             await answer(receive, send)
 
+    async def _admit(self, kind: str, scope: Scope, receive: Receive) -> _Answer | None:
+        """Read the request's body (413 past the limit), check it (400) and admit it as a sync
+        job of `kind` (404 for an unknown model, 503 when the queue is full); the answer to
+        send, or None if the client left before it had sent its request."""
+        body = await _read_body(scope, receive, self._max_body_size)
+        if body is None:
+            return None
+        fields = ollama_request(body)
+        sync_jobs = self._sync_jobs()
+        job, live = await sync_jobs.admit(kind, body, fields)
+        streamed = fields.get("stream", True) is not False
+        return _Answer(job.id, live, sync_jobs.worker, streamed=streamed)
+
 
 @post(CHAT_PATH, status_code=200)
-async def chat(scope: Scope, sync_jobs: NamedDependency[SyncJobs]) -> ASGIApp:
+async def chat(scope: Scope) -> ASGIApp:
     """Ollama's chat, queued as a sync job; the target's answer relayed live."""
-    return _Exchange(CHAT, sync_jobs, scope)
+    return _lane(scope, CHAT)
 
 
 @post(GENERATE_PATH, status_code=200)
-async def generate(scope: Scope, sync_jobs: NamedDependency[SyncJobs]) -> ASGIApp:
+async def generate(scope: Scope) -> ASGIApp:
     """Ollama's generate, queued as a sync job; the target's answer relayed live."""
-    return _Exchange(GENERATE, sync_jobs, scope)
+    return _lane(scope, GENERATE)
 
 
-class _Exchange:
-    """A request to a queued route that reached Litestar's router: served as the lane serves
-    one, its errors left to Litestar's exception handlers."""
-
-    def __init__(self, kind: str, sync_jobs: SyncJobs, scope: Scope) -> None:
-        self._kind = kind
-        self._sync_jobs = sync_jobs
-        self._max_body_size = scope["route_handler"].resolve_request_max_body_size()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = await admit(self._kind, self._sync_jobs, self._max_body_size, scope, receive)
-        if answer is not None:
-            await answer(receive, send)
+def _lane(scope: Scope, kind: str) -> ASGIApp:
+    """The app's `QueuedRoutes`, for a request that reached Litestar's router all the same
+    (`/api/chat/`, say): one way of serving these routes, whichever way a request came."""
+    lane: QueuedRoutes = scope["litestar_app"].queued_routes
+    return functools.partial(lane, kind)
 
 
-async def admit(
-    kind: str, sync_jobs: SyncJobs, max_body_size: int | None, scope: Scope, receive: Receive
-) -> _Answer | None:
-    """Read the request's body (413 past `max_body_size`), check it (400) and admit it as a
-    sync job of `kind` (404 for an unknown model, 503 when the queue is full); the answer to
-    send, or None if the client left before it had sent its request."""
-    body = await _read_body(scope, receive, max_body_size or math.inf)
-    if body is None:
-        return None
-    fields = ollama_request(body)
-    job, live = await sync_jobs.admit(kind, body, fields)
-    return _Answer(job.id, live, sync_jobs.worker, streamed=fields.get("stream", True) is not False)
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: float) -> bytes | None:
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
     """The request's body, or None if the client left first; a 413 when it is longer than
     `limit`, checked as Litestar checks it: the announced length, then the bytes received."""
     for name, value in scope["headers"]:
