@@ -145,11 +145,8 @@ def error_response_for(
 ) -> Response[Any]:
     """The response `handlers` give for `exc`, as Litestar picks one: the handler of the
     exception's nearest class (`exception_handlers` always has one for `Exception`)."""
-    for cls in type(exc).__mro__:
-        handler = handlers.get(cls)
-        if handler is not None:
-            return handler(request, exc)  # type: ignore[arg-type,return-value]
-    return _internal_error(request, exc)
+    handler = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
+    return handler(request, exc)  # type: ignore[arg-type,return-value]
 
 
 def exception_handlers(auth_tokens: Sequence[str]) -> ExceptionHandlersMap:
