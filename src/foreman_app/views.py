@@ -1,4 +1,4 @@
-"""How jobs look on the wire: the job object of interface.md, and the queue view."""
+"""How jobs look on the wire: the job object of the job API (docs/api.md), and the queue view."""
 
 from __future__ import annotations
 
