@@ -11,15 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import click
-from rich import box
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from foreman_app.client import ForemanClient, JobView, base_url
@@ -34,6 +30,18 @@ from foreman_app.client_errors import (
     ServerUnreachable,
     Unauthorized,
 )
+from foreman_app.terminal import (
+    echo_json,
+    job_fields,
+    make_console,
+    print_fields,
+    print_queued,
+    print_table,
+    progress_line,
+    running_jobs,
+    size,
+    when,
+)
 from foreman_core.job import JobState
 
 POLL_INTERVAL = 0.5
@@ -45,11 +53,6 @@ STATES = [str(state) for state in JobState]
 def make_client(url: str, token: str | None) -> ForemanClient:
     """The client every command uses (tests replace this to inject a transport)."""
     return ForemanClient(url, token)
-
-
-def make_console(stderr: bool = False) -> Console:
-    """A rich console on stdout or stderr; it knows whether that stream is a terminal."""
-    return Console(stderr=stderr, highlight=False)
 
 
 class Failure(click.ClickException):
@@ -253,7 +256,7 @@ def submit(
         return
     job = _wait_with_progress(client, job_id, timeout)
     if as_json:
-        _echo_json(job.raw)
+        echo_json(job.raw)
     elif job.state == JobState.DONE:
         click.echo(client.completion(job) or "")
     _fail_unless_done(job)
@@ -278,24 +281,6 @@ def _wait_with_progress(client: ForemanClient, job_id: str, timeout: float | Non
         ) from None
 
 
-def progress_line(job: JobView) -> Text:
-    """One line saying where the job is."""
-    if job.state == JobState.QUEUED:
-        if job.queue_position is None:
-            where = "waiting"
-        elif job.queue_position == 0:
-            where = "next in line"
-        else:
-            where = f"{job.queue_position} ahead"
-        retry = f", attempt {job.attempts + 1}" if job.attempts else ""
-        return Text(f"{job.job_id} queued ({where}{retry})")
-    if job.state == JobState.LOADING:
-        return Text(f"{job.job_id} loading {job.model}")
-    if job.state == JobState.WORKING:
-        return Text(f"{job.job_id} working on {job.model}")
-    return Text(f"{job.job_id} {job.state}")
-
-
 def _fail_unless_done(job: JobView) -> None:
     if job.state == JobState.FAILED:
         raise Failure(f"job {job.job_id} failed: {job.error or 'no reason given'}")
@@ -316,7 +301,7 @@ def jobs(target: Target, state: str | None, model: str | None, limit: int, as_js
     client = target.client(click.get_current_context())
     found = list(client.iter_jobs(state, model, limit=limit, page_size=min(limit, 1000)))
     if as_json:
-        _echo_json({"jobs": [job.raw for job in found]})
+        echo_json({"jobs": [job.raw for job in found]})
         return
     if not found:
         click.echo("no jobs", err=True)
@@ -328,12 +313,12 @@ def jobs(target: Target, state: str | None, model: str | None, limit: int, as_js
             job.model,
             str(job.priority),
             str(job.attempts),
-            _when(job.created_at),
+            when(job.created_at),
         ]
         for job in found
     ]
     headers = ["ID", "STATE", "MODEL", "PRIORITY", "ATTEMPTS", "CREATED (UTC)"]
-    _print_table(make_console(), headers, rows)
+    print_table(make_console(), headers, rows)
 
 
 @main.command()
@@ -345,39 +330,13 @@ def job(target: Target, job_id: str, as_json: bool) -> None:
     client = target.client(click.get_current_context())
     found = client.get(job_id)
     if as_json:
-        _echo_json(found.raw)
+        echo_json(found.raw)
         return
-    _print_fields(make_console(), _job_fields(found))
+    print_fields(make_console(), job_fields(found))
     completion = client.completion(found) if found.state == JobState.DONE else None
     if completion:
         click.echo()
         click.echo(completion)
-
-
-def _job_fields(job: JobView) -> list[tuple[str, str]]:
-    fields = [
-        ("job", job.job_id),
-        ("state", job.state),
-        ("kind", job.kind),
-        ("model", job.model),
-        ("priority", str(job.priority)),
-        ("attempts", str(job.attempts)),
-    ]
-    if job.queue_position is not None:
-        fields.append(("queue position", str(job.queue_position)))
-    for name, moment in (
-        ("created", job.created_at),
-        ("started", job.started_at),
-        ("finished", job.finished_at),
-    ):
-        if moment is not None:
-            fields.append((name, _when(moment)))
-    if job.error:
-        fields.append(("error", job.error))
-    for artifact in job.artifacts:
-        size = "" if artifact.size is None else f", {artifact.size:,} bytes"
-        fields.append((f"artifact {artifact.name}", f"{artifact.content_type}{size}"))
-    return fields
 
 
 @main.command()
@@ -388,7 +347,7 @@ def cancel(target: Target, job_id: str, as_json: bool) -> None:
     """Cancel a job: a queued one never runs, a running one is aborted."""
     cancelled = target.client(click.get_current_context()).cancel(job_id)
     if as_json:
-        _echo_json(cancelled.raw)
+        echo_json(cancelled.raw)
     else:
         click.echo(f"{cancelled.job_id} {cancelled.state}")
 
@@ -401,7 +360,7 @@ def ps(target: Target, as_json: bool) -> None:
     client = target.client(click.get_current_context())
     resident, queue = client.ps(), client.queue()
     if as_json:
-        _echo_json({"ps": resident, "queue": queue})
+        echo_json({"ps": resident, "queue": queue})
         return
     console = make_console()
     models = [item for item in resident.get("models") or [] if isinstance(item, dict)]
@@ -409,117 +368,18 @@ def ps(target: Target, as_json: bool) -> None:
         rows = [
             [
                 str(item.get("name") or item.get("model") or "?"),
-                _size(item.get("size")),
-                _size(item.get("size_vram")),
+                size(item.get("size")),
+                size(item.get("size_vram")),
                 str(item.get("expires_at") or ""),
             ]
             for item in models
         ]
-        _print_table(console, ["RESIDENT MODEL", "SIZE", "VRAM", "UNTIL"], rows)
+        print_table(console, ["RESIDENT MODEL", "SIZE", "VRAM", "UNTIL"], rows)
     else:
         click.echo("no model resident")
-    for running in _running_jobs(queue.get("running")):
+    for running in running_jobs(queue.get("running")):
         click.echo(
             f"running: {running.get('job_id', '?')} {running.get('model', '?')} "
             f"{running.get('state', '')}".rstrip()
         )
-    _print_queued(console, queue)
-
-
-def _running_jobs(value: object) -> list[dict[str, Any]]:
-    """The running job(s) of a /queue answer, which may give one object, a list, or null."""
-    if isinstance(value, dict):
-        return [value]
-    if isinstance(value, list):
-        return [item for item in value if isinstance(item, dict)]
-    return []
-
-
-def _print_queued(console: Console, queue: dict[str, Any]) -> None:
-    groups = [item for item in queue.get("queued") or [] if isinstance(item, dict)]
-    total = queue.get("queued_total")
-    if not isinstance(total, int):
-        total = sum(item.get("count", 0) for item in groups if isinstance(item.get("count"), int))
-    if not total:
-        click.echo("queue empty")
-        return
-    age = queue.get("oldest_queued_age_seconds")
-    oldest = f", oldest waiting {_duration(age)}" if isinstance(age, int | float) else ""
-    click.echo(f"queued: {total} job{'s' if total != 1 else ''}{oldest}")
-    rows = [
-        [str(item.get("model", "?")), str(item.get("priority", "")), str(item.get("count", ""))]
-        for item in groups
-    ]
-    if rows:
-        _print_table(console, ["MODEL", "PRIORITY", "QUEUED"], rows)
-
-
-def _print_table(console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table on a terminal; aligned plain columns otherwise."""
-    if console.is_terminal:
-        table = Table(box=box.SIMPLE, header_style="bold")
-        # The first column names a thing (a job id, a model): never cut it short.
-        first = max(len(str(cell)) for cell in (headers[0], *(row[0] for row in rows)))
-        table.add_column(headers[0], no_wrap=True, min_width=first)
-        for header in headers[1:]:
-            table.add_column(header)
-        for row in rows:
-            table.add_row(*(Text(cell) for cell in row))
-        console.print(table)
-        return
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
-    ]
-    for line in (headers, *rows):
-        click.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        )
-
-
-def _print_fields(console: Console, fields: Sequence[tuple[str, str]]) -> None:
-    """`name  value` lines: styled on a terminal, plain otherwise."""
-    width = max(len(name) for name, _ in fields)
-    if console.is_terminal:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column()
-        for name, value in fields:
-            grid.add_row(Text(name), Text(value))
-        console.print(grid)
-        return
-    for name, value in fields:
-        click.echo(f"{name.ljust(width)}  {value}")
-
-
-def _echo_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
-
-
-def _when(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _size(value: object) -> str:
-    if not isinstance(value, int | float):
-        return ""
-    amount = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if amount < 1000:
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1000
-    return f"{amount:.1f} TB"
-
-
-def _duration(seconds: float) -> str:
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    print_queued(console, queue)

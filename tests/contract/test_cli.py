@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 from fakes_foreman_api import FakeForemanApi
-from foreman_app import cli
+from foreman_app import cli, terminal
 from foreman_app.client import ForemanClient, JobView
 
 CLEAN_ENV = {"FOREMAN_URL": None, "FOREMAN_AUTH_TOKEN": None}
@@ -128,7 +128,7 @@ def test_submit_wait_shows_progress_on_a_terminal(fake, monkeypatch) -> None:
     ],
 )
 def test_progress_line_says_where_the_job_is(view, line) -> None:
-    assert cli.progress_line(JobView.from_json({"job_id": "J", **view})).plain == line
+    assert terminal.progress_line(JobView.from_json({"job_id": "J", **view})).plain == line
 
 
 def test_submit_wait_json_prints_the_finished_job(fake) -> None:
