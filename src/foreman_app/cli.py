@@ -147,20 +147,12 @@ class Target:
         return ctx.with_resource(make_client(url, self.token))
 
 
-class JobIdType(click.ParamType):
-    """A job id: any non-blank string (the server says whether it exists)."""
-
-    name = "ID"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        """The id, stripped; blank is a usage mistake."""
-        text = str(value).strip()
-        if not text:
-            self.fail("a job id cannot be empty", param, ctx)
-        return text
-
-
-JOB_ID = JobIdType()
+def job_id_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A job id: any non-blank string, stripped (the server says whether it exists)."""
+    text = value.strip()
+    if not text:
+        raise click.BadParameter("a job id cannot be empty", ctx, param)
+    return text
 
 
 @click.group(cls=ForemanGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -322,7 +314,7 @@ def jobs(target: Target, state: str | None, model: str | None, limit: int, as_js
 
 
 @main.command()
-@click.argument("job_id", metavar="ID", type=JOB_ID)
+@click.argument("job_id", metavar="ID", callback=job_id_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print the job object as JSON.")
 @click.pass_obj
 def job(target: Target, job_id: str, as_json: bool) -> None:
@@ -340,7 +332,7 @@ def job(target: Target, job_id: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("job_id", metavar="ID", type=JOB_ID)
+@click.argument("job_id", metavar="ID", callback=job_id_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print the cancelled job as JSON.")
 @click.pass_obj
 def cancel(target: Target, job_id: str, as_json: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from foreman_adapters.simulator.wire import Exchange
@@ -67,7 +68,7 @@ def _config(sim: SimulatedOllama, payload: dict[str, Any]) -> None:
             setattr(sim, name, kind(payload[name]))
 
 
-_ACTIONS = {
+_ACTIONS: dict[str, Callable[[SimulatedOllama, dict[str, Any]], None]] = {
     "faults": _faults,
     "config": _config,
     "hold": lambda sim, _payload: sim.hold(),

@@ -111,7 +111,7 @@ def plan_request(sim: SimulatedOllama, body: bytes, kind: str) -> Plan:
     keep_alive = parse_keep_alive(request.get("keep_alive"))
     messages = request.get("messages") or []
     prompt = _prompt_of(kind, request)
-    base = {
+    base: dict[str, Any] = {
         "kind": kind,
         "requested": requested,
         "model": model,
@@ -319,7 +319,7 @@ def _chunks(plan: Plan) -> list[dict[str, Any]]:
 
 
 def _chunk(
-    plan: Plan, content: str = "", thinking: str = "", tool_calls: Sequence[dict] = ()
+    plan: Plan, content: str = "", thinking: str = "", tool_calls: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Any]:
     head: dict[str, Any] = {"model": plan.requested, "created_at": now_rfc3339()}
     if plan.kind == CHAT:
@@ -332,7 +332,7 @@ def _chunk(
     return head
 
 
-def _message(content: str, thinking: str, tool_calls: Sequence[dict]) -> dict[str, Any]:
+def _message(content: str, thinking: str, tool_calls: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """An assistant message; `thinking` and `tool_calls` only when non-empty, as Ollama omits."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking:

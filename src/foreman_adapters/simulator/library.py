@@ -86,7 +86,7 @@ async def pull(sim: SimulatedOllama, ex: Exchange) -> None:
     request = decode_request(ex.body, "PullRequest", _MANAGE_FIELDS)
     requested = _required_name(request)
     model = sim.library.find(requested) or pulled_model(requested)
-    statuses = [
+    statuses: list[dict[str, Any]] = [
         {"status": "pulling manifest"},
         {
             "status": f"pulling {model.digest[:12]}",
@@ -109,7 +109,7 @@ async def push(sim: SimulatedOllama, ex: Exchange) -> None:
     model = sim.library.find(requested)
     if model is None:
         raise BadRequest(404, f"model '{requested}' not found")
-    statuses = [
+    statuses: list[dict[str, Any]] = [
         {"status": "retrieving manifest"},
         {
             "status": f"pushing {model.digest[:12]}",
@@ -129,7 +129,7 @@ async def create(sim: SimulatedOllama, ex: Exchange) -> None:
     requested = _required_name(request)
     base = sim.library.find(request.get("from") or "")
     model = base.renamed(requested) if base else pulled_model(requested)
-    statuses = [
+    statuses: list[dict[str, Any]] = [
         {"status": f"using existing layer sha256:{model.digest}"},
         {"status": "writing manifest"},
         {"status": "success"},

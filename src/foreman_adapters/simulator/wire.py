@@ -168,7 +168,9 @@ def _go_kind(value: Any) -> str:
     return _GO_KINDS.get(type(value), "value")
 
 
-def decode_request(body: bytes, go_type: str, fields: dict[str, type | tuple[type, ...]]) -> dict:
+def decode_request(
+    body: bytes, go_type: str, fields: dict[str, type | tuple[type, ...]]
+) -> dict[str, Any]:
     """Parse a request body as Ollama does, raising `BadRequest` with Go's wording.
 
     `fields` lists the fields whose JSON type Ollama's struct constrains (name → Python type).
