@@ -43,7 +43,7 @@ from foreman_core.ports import (
     WebhookSender,
 )
 from foreman_core.retry import GiveUp, RetryLater, RetryPolicy
-from foreman_core.scheduler import DrainByModelScheduler, choose_next, queue_order
+from foreman_core.scheduler import choose_next, queue_order
 
 __all__ = [
     "CHAT",
@@ -53,7 +53,6 @@ __all__ = [
     "Artifact",
     "ArtifactNotFound",
     "Clock",
-    "DrainByModelScheduler",
     "ForemanError",
     "GiveUp",
     "IdGenerator",

@@ -7,6 +7,7 @@ The ports are runtime-checkable because Litestar validates the dependencies a ha
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ class JobStore(Protocol):
         """
         ...
 
-    def recover_interrupted(self, now: datetime) -> list[Job]:
+    def recover_interrupted(self, now: datetime) -> builtins.list[Job]:
         """After a crash: end every job left in loading or working, and return them.
 
         An async job is requeued (its interrupted attempt counts), or failed when it has used
@@ -178,7 +179,7 @@ class JobStore(Protocol):
         """One artifact; raises `JobNotFound` or `ArtifactNotFound`."""
         ...
 
-    def list_artifacts(self, job_id: str) -> list[Artifact]:
+    def list_artifacts(self, job_id: str) -> builtins.list[Artifact]:
         """The job's artifacts, by name."""
         ...
 
