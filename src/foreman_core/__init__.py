@@ -32,6 +32,7 @@ from foreman_core.job import (
 )
 from foreman_core.memory_store import InMemoryJobStore
 from foreman_core.ports import (
+    AbortReason,
     Clock,
     IdGenerator,
     InferenceTarget,
@@ -39,6 +40,7 @@ from foreman_core.ports import (
     JobStore,
     ModelInventory,
     QueueSummary,
+    WaitingClient,
     WebhookOutbox,
     WebhookSender,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "DEFAULT_PRIORITY",
     "GENERATE",
     "INTERACTIVE_PRIORITY",
+    "AbortReason",
     "Artifact",
     "ArtifactNotFound",
     "Clock",
@@ -80,6 +83,7 @@ __all__ = [
     "TargetRejected",
     "TargetUnreachable",
     "UlidGenerator",
+    "WaitingClient",
     "WebhookOutbox",
     "WebhookSender",
     "choose_next",
