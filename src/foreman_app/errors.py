@@ -66,12 +66,17 @@ _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}
 ErrorHandler = Callable[[Request[Any, Any, Any], Exception], Response[bytes]]
 
 
+def error_body(message: str) -> bytes:
+    """Ollama's error body, `{"error":"<message>"}`, compact as Ollama writes it."""
+    return msgspec.json.encode({"error": message})
+
+
 def error_response(
     status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> Response[bytes]:
     """`{"error": message}` as JSON with `status`."""
     return Response(
-        msgspec.json.encode({"error": message}),
+        error_body(message),
         status_code=status,
         media_type=JSON,
         headers=dict(headers or {}),

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from foreman_app.config import Settings
+from foreman_app.live import LiveResponse
 from foreman_core.admission import require_model
 from foreman_core.job import INTERACTIVE_PRIORITY, Job, new_job
 from foreman_core.ports import Clock, IdGenerator, ModelInventory
-from foreman_core.worker import LiveResponse, Worker
+from foreman_core.worker import Worker
 
 
 class SyncJobs:
@@ -54,5 +55,6 @@ class SyncJobs:
             sync=True,
             max_attempts=self._settings.max_attempts,
         )
-        live = self.worker.enqueue_live(job, max_queued=self._settings.max_queue)
+        live = LiveResponse()
+        self.worker.enqueue(job, max_queued=self._settings.max_queue, client=live)
         return job, live

@@ -32,6 +32,7 @@ from foreman_core.job import (
 )
 from foreman_core.memory_store import InMemoryJobStore
 from foreman_core.ports import (
+    AbortReason,
     Clock,
     IdGenerator,
     InferenceTarget,
@@ -39,21 +40,22 @@ from foreman_core.ports import (
     JobStore,
     ModelInventory,
     QueueSummary,
+    WaitingClient,
     WebhookOutbox,
     WebhookSender,
 )
 from foreman_core.retry import GiveUp, RetryLater, RetryPolicy
-from foreman_core.scheduler import DrainByModelScheduler, choose_next, queue_order
+from foreman_core.scheduler import choose_next, queue_order
 
 __all__ = [
     "CHAT",
     "DEFAULT_PRIORITY",
     "GENERATE",
     "INTERACTIVE_PRIORITY",
+    "AbortReason",
     "Artifact",
     "ArtifactNotFound",
     "Clock",
-    "DrainByModelScheduler",
     "ForemanError",
     "GiveUp",
     "IdGenerator",
@@ -81,6 +83,7 @@ __all__ = [
     "TargetRejected",
     "TargetUnreachable",
     "UlidGenerator",
+    "WaitingClient",
     "WebhookOutbox",
     "WebhookSender",
     "choose_next",

@@ -58,6 +58,6 @@ def artifact_view(job_id: str, artifact: Artifact, public_url: str) -> dict[str,
     return view
 
 
-def artifact_views(job_id: str, artifacts: list[Artifact], public_url: str) -> list[dict]:
+def artifact_views(job_id: str, artifacts: list[Artifact], public_url: str) -> list[dict[str, Any]]:
     """The `artifacts` list of a job object: name, content_type, size, and `data` or `url`."""
     return [artifact_view(job_id, artifact, public_url) for artifact in artifacts]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
 from collections.abc import Sequence
@@ -228,7 +229,7 @@ class InMemoryJobStore:
             except KeyError:
                 raise ArtifactNotFound(job_id, name) from None
 
-    def list_artifacts(self, job_id: str) -> list[Artifact]:
+    def list_artifacts(self, job_id: str) -> builtins.list[Artifact]:
         """A job's artifacts by name."""
         with self._lock:
             self.get(job_id)
@@ -239,7 +240,7 @@ class InMemoryJobStore:
 
     # -- webhook outbox -------------------------------------------------------------------
 
-    def due_deliveries(self, now: datetime, limit: int = 100) -> list[PendingDelivery]:
+    def due_deliveries(self, now: datetime, limit: int = 100) -> builtins.list[PendingDelivery]:
         """Each job's oldest undelivered event whose time has come."""
         with self._lock:
             due = sorted(
@@ -248,7 +249,7 @@ class InMemoryJobStore:
             )
             return [PendingDelivery(d.event, d.attempts, d.next_attempt_at) for d in due[:limit]]
 
-    def _heads(self) -> list[_Delivery]:
+    def _heads(self) -> builtins.list[_Delivery]:
         """Each job's oldest undelivered event: the only one of a job that may be sent."""
         heads: dict[str, _Delivery] = {}
         for delivery in self._outbox:

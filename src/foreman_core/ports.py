@@ -1,18 +1,23 @@
-"""The ports: what the core needs from the world, as Protocols the adapters implement.
+"""The ports: what the core needs from the world, as Protocols the adapters (and, for a sync
+job's waiting client, the app) implement.
 
 Every implementation of a port must pass the contract suite for it in `tests/contract/`.
-The ports are runtime-checkable because Litestar validates the dependencies a handler declares
-(`store: JobStore`) with `isinstance`, which a plain Protocol refuses.
+The ports Litestar hands to handlers are runtime-checkable because Litestar validates the
+dependencies a handler declares (`store: JobStore`) with `isinstance`, which a plain Protocol
+refuses.
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from foreman_core.errors import TargetRejected
 from foreman_core.job import Artifact, Job, JobState, StateChange
 
 
@@ -140,7 +145,7 @@ class JobStore(Protocol):
         """
         ...
 
-    def recover_interrupted(self, now: datetime) -> list[Job]:
+    def recover_interrupted(self, now: datetime) -> builtins.list[Job]:
         """After a crash: end every job left in loading or working, and return them.
 
         An async job is requeued (its interrupted attempt counts), or failed when it has used
@@ -178,7 +183,7 @@ class JobStore(Protocol):
         """One artifact; raises `JobNotFound` or `ArtifactNotFound`."""
         ...
 
-    def list_artifacts(self, job_id: str) -> list[Artifact]:
+    def list_artifacts(self, job_id: str) -> builtins.list[Artifact]:
         """The job's artifacts, by name."""
         ...
 
@@ -245,6 +250,61 @@ class InferenceTarget(Protocol):
         Entering raises `TargetUnreachable`, `TargetBusy` or `TargetRejected` before any body
         byte is handed out. Leaving the context early aborts the request at the target.
         """
+        ...
+
+
+class AbortReason(StrEnum):
+    """Why the worker ends a sync job's response with an error of foreman's own."""
+
+    CANCELLED = "cancelled"
+    """The job was cancelled: by DELETE /jobs/{id}, or because its client went away."""
+    SHUTDOWN = "shutdown"
+    """foreman stopped before the job could finish."""
+    TARGET_FAILED = "target failed"
+    """The target failed the request: unreachable or busy past the retries, or broken off."""
+    UNSTORED = "unstored"
+    """The store would not record the job (ADR 0015)."""
+    FAULT = "fault"
+    """A fault of foreman's own."""
+
+
+class WaitingClient(Protocol):
+    """The client of a sync job, waiting for the response the worker feeds it as the target
+    answers (the app's is `foreman_app.live.LiveResponse`).
+
+    The worker feeds one response: `begin`, any number of `send`s, then `end` or `abort`; or
+    `reject` or `abort` alone. It calls nothing once `finished`. A client that has gone away
+    may drop what it is fed.
+    """
+
+    @property
+    def started(self) -> bool:
+        """`begin` was called: the body has begun, and a failure can only cut it short."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """`end`, `reject` or `abort` was called."""
+        ...
+
+    def begin(self, status: int, content_type: str) -> None:
+        """The target answered 2xx with `status` and `content_type`; its body follows."""
+        ...
+
+    def send(self, chunk: bytes) -> None:
+        """The body's next bytes, exactly as the target sent them."""
+        ...
+
+    def end(self) -> None:
+        """The body is complete."""
+        ...
+
+    def reject(self, rejection: TargetRejected) -> None:
+        """The target refused the request: its status, body and content type, for the client."""
+        ...
+
+    def abort(self, reason: AbortReason, message: str) -> None:
+        """The job ended in foreman's error for `reason`, before the body or in the middle."""
         ...
 
 

@@ -40,7 +40,7 @@ class RetryPolicy:
         exponent = max(attempts - 1, 0)
         if exponent > 30:
             return self.cap
-        return min(self.cap, self.base * (2**exponent))
+        return min(self.cap, self.base * (1 << exponent))
 
     def decide(self, job: Job, failure: TargetError, now: datetime) -> RetryLater | GiveUp:
         """Retry or give up on `job`, whose latest attempt (counted in `attempts`) failed."""

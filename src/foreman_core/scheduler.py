@@ -51,17 +51,6 @@ def choose_next(
     return min(candidates, key=lambda job: job.fifo_key)
 
 
-class DrainByModelScheduler:
-    """`choose_next` with the starvation bound fixed, for callers that hold one scheduler."""
-
-    def __init__(self, max_wait: timedelta) -> None:
-        self.max_wait = max_wait
-
-    def choose(self, queued: Iterable[Job], resident: Sequence[str], now: datetime) -> Job | None:
-        """The job to dispatch next among `queued`, or None."""
-        return choose_next(queued, resident, now, self.max_wait)
-
-
 def queue_order(queued: Iterable[Job], resident: Sequence[str]) -> list[Job]:
     """The order queued jobs would run in if nothing new arrived (see `JobStore.queue_position`).
 
@@ -77,7 +66,7 @@ def queue_order(queued: Iterable[Job], resident: Sequence[str]) -> list[Job]:
             oldest[group] = job.fifo_key
     rank = {residency: index for index, residency in reversed(list(enumerate(resident)))}
 
-    def order(job: Job) -> tuple:
+    def order(job: Job) -> tuple[int, tuple[int, int, tuple[datetime, str]], tuple[datetime, str]]:
         warm = rank.get(job.residency)
         group_rank = (
             (0, warm, oldest[(job.priority, job.residency)])

@@ -50,7 +50,9 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def event_body(change: StateChange, job: Job | None, artifacts: list[dict] | None) -> bytes:
+def event_body(
+    change: StateChange, job: Job | None, artifacts: list[dict[str, Any]] | None
+) -> bytes:
     """The JSON of one `job.state_changed` event.
 
     `result` (the job's result, parsed) and `artifacts` are filled only for a `done` event,

@@ -15,10 +15,11 @@ from litestar.types import ASGIApp, ExceptionHandlersMap, Receive, Scope, Send
 
 from foreman_app.auth import is_authorized
 from foreman_app.errors import error_response_for
+from foreman_app.live import LiveResponse, ResponseFailed
 from foreman_app.requests import ollama_request
 from foreman_app.sync_jobs import SyncJobs
 from foreman_core.job import CHAT, GENERATE
-from foreman_core.worker import LiveResponse, ResponseFailed, Worker
+from foreman_core.worker import Worker
 
 JOB_ID_HEADER = "X-Foreman-Job-Id"
 JOB_ID_HEADER_BYTES = JOB_ID_HEADER.lower().encode("ascii")
@@ -149,6 +150,7 @@ class _Answer:
             answered = True
         finally:
             watch.cancel()
+            self._live.abandon()
             self._worker.forget(self._job_id)
             if not answered:
                 _abort_in_background(self._worker, self._job_id)
