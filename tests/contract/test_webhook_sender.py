@@ -540,3 +540,21 @@ async def test_a_proxy_that_cannot_be_reached_is_a_failed_delivery(
     assert (result.ok, result.status) == (False, None)
     assert (result.error or "").startswith("could not reach receiver")
     assert receiver.requests == []
+
+
+async def test_the_proxy_itself_is_held_to_the_allow_list(
+    receiver: Receiver, clock: FakeClock, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    async with running_proxy() as proxy:
+        no_proxy_variables.setenv("HTTP_PROXY", proxy.url.replace("127.0.0.1", "localhost"))
+        results = []
+        for allowed in ("10.0.0.0/8", "127.0.0.0/8"):
+            async with webhook_http_client(WebhookHostPolicy(allowed)) as http:
+                sender = HttpWebhookSender(http, SECRET, clock)
+                results.append(await sender.send(receiver.url("/ok"), EVENT_ID, BODY))
+
+    refused, allowed_through = results
+    assert not refused.ok
+    assert "no address allowed" in (refused.error or "")
+    assert allowed_through.ok
+    assert proxy.request_lines == [f"POST {receiver.url('/ok')} HTTP/1.1"]
