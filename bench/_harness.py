@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -148,10 +148,12 @@ class Simulator:
 
 @dataclass
 class Foreman:
-    """`python -m foreman_app serve` on a free port with a throw-away database."""
+    """`python -m foreman_app serve` (or `python *command`) on a free port with a throw-away
+    database."""
 
     target: str
     env: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] = ("-m", "foreman_app", "serve")
     process: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
     """Seconds from spawning the process to the first 200 from /healthz."""
@@ -178,7 +180,7 @@ class Foreman:
         }
         began = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "foreman_app", "serve"],
+            [sys.executable, *self.command],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=clean_environment(settings),

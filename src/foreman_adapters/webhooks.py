@@ -10,9 +10,11 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from foreman_adapters.http1 import Http1Transport
+from foreman_adapters.aiohttp_transport import AiohttpTransport, EnvironmentProxies
 from foreman_core.ports import Clock, DeliveryResult
 from foreman_core.signing import sign_headers
 
@@ -135,28 +137,37 @@ def _ip_literal(host: str) -> IpAddress | None:
         return None
 
 
-class AllowedAddressResolver:
+class AllowedAddressResolver(AbstractResolver):
     """Looks up a receiver's host for the connection itself and keeps only the addresses the
     policy permits, so that the addresses checked are the addresses connected to: a name that
     resolves to an allowed address for the check and to an internal one a moment later (DNS
-    rebinding) cannot get past the allow-list. A `resolve` for `Http1Transport`."""
+    rebinding) cannot get past the allow-list. The resolver of the webhook transport's
+    connections (aiohttp's `TCPConnector(resolver=...)`), a proxy's included; an IP address in
+    a URL is not looked up, and the sender's own check judges it."""
 
     def __init__(self, policy: WebhookHostPolicy) -> None:
         self._policy = policy
+        self._lookup: aiohttp.ThreadedResolver | None = None
 
-    async def __call__(self, host: str, port: int) -> list[str]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         """The permitted addresses of `host`; OSError when there are none."""
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if self._lookup is None:  # made here: it keeps the running event loop
+            self._lookup = aiohttp.ThreadedResolver()
+        found = await self._lookup.resolve(host, port, family)
         if self._policy.trusts_any_address_of(host):
             return found
-        permitted = [address for address in found if _permitted(self._policy, address)]
+        permitted = [entry for entry in found if _permitted(self._policy, entry["host"])]
         if not permitted:
             raise OSError(
                 errno.EACCES,
                 f"webhook host {host!r} resolves to no address allowed by {ALLOWED_HOSTS_VARIABLE}",
             )
         return permitted
+
+    async def close(self) -> None:
+        """Nothing to release: lookups run on the event loop's default executor."""
 
 
 def _permitted(policy: WebhookHostPolicy, address: str) -> bool:
@@ -166,10 +177,10 @@ def _permitted(policy: WebhookHostPolicy, address: str) -> bool:
 
 def webhook_http_client(policy: WebhookHostPolicy | None = None) -> httpx.AsyncClient:
     """The client deliveries go out on: keeps connections to receivers for reuse, never follows
-    redirects, runs on foreman's own transport (ADR 0013), and connects only to addresses
-    `policy` permits."""
-    resolve = AllowedAddressResolver(policy) if policy is not None and policy.restricts else None
-    transport = Http1Transport(resolve=resolve)
+    redirects, goes through the proxy that HTTP_PROXY, HTTPS_PROXY and NO_PROXY name for a
+    receiver (read now), and connects only to addresses `policy` permits (ADR 0017)."""
+    resolver = AllowedAddressResolver(policy) if policy is not None and policy.restricts else None
+    transport = AiohttpTransport(resolver=resolver, proxies=EnvironmentProxies.from_environment())
     return httpx.AsyncClient(transport=transport, follow_redirects=False)
 
 

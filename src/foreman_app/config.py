@@ -18,6 +18,12 @@ T = TypeVar("T")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURATION_EXAMPLES = "examples: 500ms, 30s, 5m, 1h30m"
 SIZE_EXAMPLES = "examples: 1048576, 512KiB, 32MiB, 1GB"
+OLLAMA_TLS_VARIABLES = (
+    "FOREMAN_OLLAMA_CA_FILE",
+    "FOREMAN_OLLAMA_CLIENT_CERT",
+    "FOREMAN_OLLAMA_CLIENT_KEY",
+)
+"""The files for an Ollama behind HTTPS: its CA, foreman's client certificate and key."""
 MAX_INT = 2**63 - 1
 """Largest integer setting: they are stored in SQLite, whose integers are 64-bit."""
 
@@ -140,6 +146,9 @@ class Settings:
     max_body_size: int = 32 * 1024**2
     webhook_allowed_hosts: tuple[str, ...] | None = None
     shutdown_grace: timedelta = timedelta(seconds=30)
+    ollama_ca_file: str | None = None
+    ollama_client_cert: str | None = None
+    ollama_client_key: str | None = None
 
     @property
     def listen_addr(self) -> str:
@@ -151,6 +160,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and validate every FOREMAN_* variable; raises `ConfigError` on the first bad one."""
         env, defaults = _Environment(environ), cls()
+        ca_file, client_cert, client_key = _ollama_tls_files(env)
         host, port = env.read("FOREMAN_LISTEN_ADDR", parse_listen_addr, ("127.0.0.1", 8080))
         default_public = "http://" + (f"[{host}]" if ":" in host else host) + f":{port}"
         return cls(
@@ -174,7 +184,37 @@ class Settings:
             max_body_size=env.size("FOREMAN_MAX_BODY_SIZE", defaults.max_body_size),
             webhook_allowed_hosts=env.read("FOREMAN_WEBHOOK_ALLOWED_HOSTS", _parse_host_list, None),
             shutdown_grace=env.duration("FOREMAN_SHUTDOWN_GRACE", defaults.shutdown_grace),
+            ollama_ca_file=ca_file,
+            ollama_client_cert=client_cert,
+            ollama_client_key=client_key,
         )
+
+
+def _ollama_tls_files(env: _Environment) -> tuple[str | None, str | None, str | None]:
+    """FOREMAN_OLLAMA_CA_FILE, _CLIENT_CERT and _CLIENT_KEY, each file loaded once now so that
+    a bad one is a one-line error at start-up, not a failure at the first request."""
+    ca_file, cert, key = (env.text(name) for name in OLLAMA_TLS_VARIABLES)
+    if key is not None and cert is None:
+        raise ConfigError(
+            f"FOREMAN_OLLAMA_CLIENT_KEY: {key!r} is set without FOREMAN_OLLAMA_CLIENT_CERT"
+        )
+    if ca_file is None and cert is None:
+        return None, None, None
+    # Imported only when TLS to Ollama is configured: the client commands never need aiohttp.
+    from foreman_adapters.aiohttp_transport import client_tls
+
+    try:
+        client_tls(ca_file=ca_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"FOREMAN_OLLAMA_CA_FILE: cannot load {ca_file!r}: {exc}") from None
+    try:
+        client_tls(client_cert=cert, client_key=key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        key_file = "" if key is None else f" with the key {key!r}"
+        raise ConfigError(
+            f"FOREMAN_OLLAMA_CLIENT_CERT: cannot load {cert!r}{key_file}: {exc}"
+        ) from None
+    return ca_file, cert, key
 
 
 def _parse_log_level(text: str) -> str:

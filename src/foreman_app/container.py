@@ -9,10 +9,12 @@ of the transports that reach Ollama.
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 from dependency_injector import containers, providers
 
-from foreman_adapters.http1 import Http1Transport
+from foreman_adapters.aiohttp_transport import AiohttpTransport, client_tls
 from foreman_adapters.inventory import PollingModelInventory
 from foreman_adapters.ollama import OllamaTarget
 from foreman_adapters.sqlite_store import SqliteJobStore
@@ -25,6 +27,16 @@ from foreman_core.lull import WorkerLull
 from foreman_core.retry import RetryPolicy
 from foreman_core.webhooks import WebhookDispatcher
 from foreman_core.worker import Worker
+
+
+def _ollama_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS settings for Ollama from FOREMAN_OLLAMA_CA_FILE and _CLIENT_CERT/_KEY; None
+    leaves httpx's default verification, made only if Ollama is reached over HTTPS."""
+    if settings.ollama_ca_file is None and settings.ollama_client_cert is None:
+        return None
+    return client_tls(
+        settings.ollama_ca_file, settings.ollama_client_cert, settings.ollama_client_key
+    )
 
 
 def _allowed_hosts(settings: Settings) -> str | None:
@@ -42,7 +54,9 @@ class Container(containers.DeclarativeContainer):
     ids = providers.Singleton(UlidGenerator)
     store = providers.Singleton(SqliteJobStore, path=settings.provided.db_path, ids=ids)
 
-    ollama_transport = providers.Singleton(Http1Transport)
+    ollama_tls = providers.Singleton(_ollama_tls, settings)
+    # Ollama is reached directly: HTTP_PROXY and the like are for webhooks only (ADR 0017).
+    ollama_transport = providers.Singleton(AiohttpTransport, tls=ollama_tls)
     target = providers.Singleton(
         OllamaTarget,
         transport=ollama_transport,
@@ -51,7 +65,7 @@ class Container(containers.DeclarativeContainer):
     )
     # The inventory's polls judge whether Ollama answers; on connections of their own they never
     # wait behind the requests they are judging (long pulls or embeds holding every slot).
-    inventory_transport = providers.Singleton(Http1Transport, max_connections=2)
+    inventory_transport = providers.Singleton(AiohttpTransport, max_connections=2, tls=ollama_tls)
     inventory = providers.Singleton(
         PollingModelInventory,
         target=providers.Singleton(

@@ -14,10 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from _proxy import running_proxy
+from _tls import make_pki
+from cryptography.hazmat.primitives import serialization
 from dependency_injector import providers
 from litestar import get
 
-from foreman_adapters.http1 import Http1Transport
+from foreman_adapters.aiohttp_transport import AiohttpTransport
 from foreman_adapters.simulator import SimulatedOllama, serve_simulator
 from foreman_app.app import create_app
 from foreman_app.config import ConfigError, Settings, parse_duration, parse_size
@@ -365,7 +368,7 @@ async def test_the_inventory_polls_on_connections_of_its_own(
     async with serve_simulator(sim) as running:
         env = {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), "FOREMAN_OLLAMA_URL": running.url}
         container = build_container(Settings.from_env(env))
-        container.ollama_transport.override(providers.Object(Http1Transport(max_connections=1)))
+        container.ollama_transport.override(providers.Object(AiohttpTransport(max_connections=1)))
         body = {"model": "llama3.2", "messages": [], "stream": False}
         held = asyncio.ensure_future(container.target().post_json("/api/chat", body))
         try:
@@ -379,6 +382,58 @@ async def test_the_inventory_polls_on_connections_of_its_own(
             await held
             await container.ollama_transport().aclose()
             await container.inventory_transport().aclose()
+
+
+async def test_ollama_is_reached_directly_whatever_http_proxy_says(
+    sim: SimulatedOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Proxy variables are for webhook deliveries only (ADR 0017).
+    async with running_proxy() as proxy, serve_simulator(sim) as running:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        env = {"FOREMAN_DB_PATH": str(tmp_path / "foreman.db"), "FOREMAN_OLLAMA_URL": running.url}
+        container = build_container(Settings.from_env(env))
+        try:
+            assert "version" in await container.target().version()
+            await container.inventory().refresh()
+            assert not container.inventory().degraded
+        finally:
+            await container.ollama_transport().aclose()
+            await container.inventory_transport().aclose()
+    assert proxy.heads == []
+
+
+async def test_an_ollama_behind_mutual_tls_is_reached_with_the_configured_files(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path)
+    seen: list[bytes] = []
+
+    async def https_ollama(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        body = b'{"version":"0.9.0"}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(https_ollama, "127.0.0.1", 0, ssl=pki.server)
+    port = server.sockets[0].getsockname()[1]
+    env = {
+        "FOREMAN_DB_PATH": str(tmp_path / "foreman.db"),
+        "FOREMAN_OLLAMA_URL": f"https://127.0.0.1:{port}",
+        "FOREMAN_OLLAMA_CA_FILE": pki.ca_file,
+        "FOREMAN_OLLAMA_CLIENT_CERT": pki.client_cert,
+        "FOREMAN_OLLAMA_CLIENT_KEY": pki.client_key,
+    }
+    container = build_container(Settings.from_env(env))
+    try:
+        assert await container.target().version() == {"version": "0.9.0"}
+    finally:
+        await container.ollama_transport().aclose()
+        server.close()
+    assert seen[0].startswith(b"GET /api/version HTTP/1.1\r\n")
 
 
 # -- start-up -----------------------------------------------------------------------------------
@@ -614,6 +669,72 @@ def test_an_invalid_value_is_a_config_error_naming_variable_and_value(
     message = str(raised.value)
     assert message.startswith(f"{variable}: ")
     assert repr(value) in message
+    assert "\n" not in message
+
+
+def test_the_ollama_tls_files_are_read(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    settings = Settings.from_env(
+        {
+            "FOREMAN_OLLAMA_CA_FILE": pki.ca_file,
+            "FOREMAN_OLLAMA_CLIENT_CERT": pki.client_cert,
+            "FOREMAN_OLLAMA_CLIENT_KEY": pki.client_key,
+        }
+    )
+    assert (settings.ollama_ca_file, settings.ollama_client_cert, settings.ollama_client_key) == (
+        pki.ca_file,
+        pki.client_cert,
+        pki.client_key,
+    )
+    both = Settings.from_env({"FOREMAN_OLLAMA_CLIENT_CERT": pki.client_cert_and_key})
+    assert (both.ollama_client_cert, both.ollama_client_key) == (pki.client_cert_and_key, None)
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"FOREMAN_OLLAMA_CA_FILE": "missing.pem"}, "FOREMAN_OLLAMA_CA_FILE"),
+        ({"FOREMAN_OLLAMA_CA_FILE": "empty.pem"}, "FOREMAN_OLLAMA_CA_FILE"),
+        ({"FOREMAN_OLLAMA_CA_FILE": "key.pem"}, "FOREMAN_OLLAMA_CA_FILE"),
+        ({"FOREMAN_OLLAMA_CLIENT_CERT": "cert.pem"}, "FOREMAN_OLLAMA_CLIENT_CERT"),
+        ({"FOREMAN_OLLAMA_CLIENT_CERT": "missing.pem"}, "FOREMAN_OLLAMA_CLIENT_CERT"),
+        (
+            {"FOREMAN_OLLAMA_CLIENT_CERT": "cert.pem", "FOREMAN_OLLAMA_CLIENT_KEY": "ca.pem"},
+            "FOREMAN_OLLAMA_CLIENT_CERT",
+        ),
+        ({"FOREMAN_OLLAMA_CLIENT_KEY": "key.pem"}, "FOREMAN_OLLAMA_CLIENT_KEY"),
+        (
+            {"FOREMAN_OLLAMA_CLIENT_CERT": "cert.pem", "FOREMAN_OLLAMA_CLIENT_KEY": "locked.pem"},
+            "FOREMAN_OLLAMA_CLIENT_CERT",
+        ),
+    ],
+    ids=[
+        "missing_ca",
+        "empty_ca",
+        "key_as_ca",
+        "cert_without_key",
+        "missing_cert",
+        "wrong_key",
+        "key_without_cert",
+        "encrypted_key",
+    ],
+)
+def test_an_unusable_ollama_tls_file_is_a_config_error_naming_variable_and_file(
+    tmp_path: Path, variables: dict[str, str], named: str
+) -> None:
+    make_pki(tmp_path)
+    (tmp_path / "empty.pem").write_text("")
+    key = serialization.load_pem_private_key((tmp_path / "key.pem").read_bytes(), None)
+    locked = serialization.BestAvailableEncryption(b"secret")
+    (tmp_path / "locked.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, locked)
+    )
+    in_place = {name: str(tmp_path / file) for name, file in variables.items()}
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(in_place)
+    message = str(raised.value)
+    assert message.startswith(f"{named}: ")
+    assert repr(in_place[named]) in message
     assert "\n" not in message
 
 

@@ -1,25 +1,31 @@
-"""Http1Transport against raw asyncio servers on 127.0.0.1 that write exact bytes, so the tests
+"""AiohttpTransport against raw asyncio servers on 127.0.0.1 that write exact bytes, so the tests
 control TCP framing: how responses are read (each HTTP chunk one piece, bodies without one),
 how requests are written, timeouts, the httpx exceptions failures become, the keep-alive pool and
-its limit, the resolve hook, TLS verification, large bodies, and use under an httpx client."""
+its limit (also with more than 1,024 sockets open), the resolver hook, TLS verification and client
+certificates, large bodies, and use under an httpx client."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import re
+import resource
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from _tls import Pki, make_pki
+from aiohttp.abc import AbstractResolver, ResolveResult
+from cryptography.hazmat.primitives import serialization
 
-from foreman_adapters.http1 import Http1Transport
+from foreman_adapters.aiohttp_transport import AiohttpTransport, client_tls
 
 pytestmark = pytest.mark.anyio
 
@@ -173,8 +179,8 @@ async def serve() -> AsyncIterator[Serve]:
 
 
 @pytest.fixture
-async def transport() -> AsyncIterator[Http1Transport]:
-    async with Http1Transport() as transport:
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    async with AiohttpTransport() as transport:
         yield transport
 
 
@@ -231,7 +237,7 @@ def tls_context(server_names: list[str | None]) -> ssl.SSLContext:
 
 
 async def test_the_response_has_the_status_reason_and_header_names_the_server_sent(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve(
         b"HTTP/1.1 299 Very Custom\r\nX-Mixed-Case: one\r\nset-cookie: a=1\r\n"
@@ -259,7 +265,7 @@ async def test_the_response_has_the_status_reason_and_header_names_the_server_se
     ids=["plain", "with_extension_and_trailer"],
 )
 async def test_two_chunks_in_one_tcp_write_are_two_pieces(
-    serve: Serve, transport: Http1Transport, encoded: bytes
+    serve: Serve, transport: AiohttpTransport, encoded: bytes
 ) -> None:
     server = await serve(CHUNKED + encoded)
     response = await send(transport, request("GET", server.url()))
@@ -268,7 +274,7 @@ async def test_two_chunks_in_one_tcp_write_are_two_pieces(
 
 @pytest.mark.parametrize("split", [1, 8, 15], ids=["in_size_line", "in_data", "in_crlf"])
 async def test_a_chunk_split_across_two_tcp_writes_is_one_piece(
-    serve: Serve, transport: Http1Transport, split: int
+    serve: Serve, transport: AiohttpTransport, split: int
 ) -> None:
     encoded = chunk(b"hello world") + LAST_CHUNK  # b"b\r\nhello world\r\n0\r\n\r\n"
     head_seen = asyncio.Event()
@@ -279,7 +285,7 @@ async def test_a_chunk_split_across_two_tcp_writes_is_one_piece(
 
 
 async def test_chunks_longer_than_a_tcp_segment_are_still_one_piece_each(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     data = [random.Random(size).randbytes(size) for size in (1 << 20, 3, 200_000)]
     server = await serve(CHUNKED + b"".join(chunk(d) for d in data) + LAST_CHUNK)
@@ -288,7 +294,7 @@ async def test_chunks_longer_than_a_tcp_segment_are_still_one_piece_each(
 
 
 async def test_each_chunk_is_handed_over_before_the_next_is_sent(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     first_taken = asyncio.Event()
     server = await serve(steps(CHUNKED + chunk(b"first"), first_taken, chunk(b"next") + LAST_CHUNK))
@@ -310,7 +316,7 @@ async def test_each_chunk_is_handed_over_before_the_next_is_sent(
     ids=["content_length", "until_close"],
 )
 async def test_a_body_without_chunks_arrives_whole_across_writes(
-    serve: Serve, transport: Http1Transport, head: bytes, ending: Step
+    serve: Serve, transport: AiohttpTransport, head: bytes, ending: Step
 ) -> None:
     head_seen = asyncio.Event()
     server = await serve(steps(head + b"hello", head_seen, b" world", ending))
@@ -329,7 +335,7 @@ async def test_a_body_without_chunks_arrives_whole_across_writes(
     ids=["head", "204", "304"],
 )
 async def test_head_204_and_304_responses_have_no_body_and_keep_the_connection(
-    serve: Serve, transport: Http1Transport, method: str, reply: bytes
+    serve: Serve, transport: AiohttpTransport, method: str, reply: bytes
 ) -> None:
     server = await serve(reply, sized(b"next"))
     response = await send(transport, request(method, server.url()))
@@ -344,7 +350,7 @@ async def test_head_204_and_304_responses_have_no_body_and_keep_the_connection(
     ids=["100", "103"],
 )
 async def test_an_interim_1xx_response_is_skipped_for_the_final_one(
-    serve: Serve, transport: Http1Transport, interim: bytes
+    serve: Serve, transport: AiohttpTransport, interim: bytes
 ) -> None:
     server = await serve(interim + sized(b"final", status=b"201 Created"))
     response = await send(transport, request("POST", server.url(), content=b"x"))
@@ -357,7 +363,7 @@ async def test_an_interim_1xx_response_is_skipped_for_the_final_one(
 
 
 async def test_request_header_names_keep_the_callers_case_and_a_body_has_its_length(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve(sized(b""))
     headers = {"X-Mixed-Case": "v", "authorization": "Bearer t"}
@@ -372,7 +378,7 @@ async def test_request_header_names_keep_the_callers_case_and_a_body_has_its_len
 
 
 async def test_a_streamed_request_body_is_sent_whole_with_a_length_instead_of_chunked(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     async def parts() -> AsyncIterator[bytes]:
         yield b"part one, "
@@ -390,21 +396,38 @@ async def test_a_streamed_request_body_is_sent_whole_with_a_length_instead_of_ch
 # -- timeouts and failures --------------------------------------------------------------------
 
 
+@pytest.fixture
+def full_listener() -> Iterator[int]:
+    """The port of a listening socket whose accept queue is full and never drained: the kernel
+    drops further connection attempts, so connecting to it never finishes."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(8):  # the queue holds backlog + 1; a few more leave no doubt
+                filler = socket.socket()
+                filler.setblocking(False)
+                fillers.append(filler)
+                if filler.connect_ex(("127.0.0.1", port)) not in (0, errno.EINPROGRESS):
+                    break
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 async def test_a_connect_that_does_not_finish_in_time_is_a_connect_timeout(
-    transport: Http1Transport, monkeypatch: pytest.MonkeyPatch
+    transport: AiohttpTransport, full_listener: int
 ) -> None:
-    never = asyncio.Event()
-
-    async def hang(*args: object, **kwargs: object) -> None:
-        await never.wait()
-
-    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", hang)
+    sent = request("GET", f"http://127.0.0.1:{full_listener}/", connect=0.2)
     with pytest.raises(httpx.ConnectTimeout):
-        await send(transport, request("GET", f"http://127.0.0.1:{free_port()}/", connect=0.05))
+        await send(transport, sent)
 
 
 async def test_a_head_that_does_not_come_in_time_is_a_read_timeout(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve()  # reads the request, never answers
     with pytest.raises(httpx.ReadTimeout):
@@ -412,7 +435,7 @@ async def test_a_head_that_does_not_come_in_time_is_a_read_timeout(
 
 
 async def test_body_data_that_does_not_come_in_time_is_a_read_timeout(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve(CHUNKED + chunk(b"first"))
     response = await send(transport, request("GET", server.url(), read=0.05))
@@ -426,7 +449,7 @@ async def test_body_data_that_does_not_come_in_time_is_a_read_timeout(
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"], ids=["refused", "unknown"])
 async def test_a_refused_connection_or_unknown_host_is_a_connect_error(
-    transport: Http1Transport, host: str
+    transport: AiohttpTransport, host: str
 ) -> None:
     with pytest.raises(httpx.ConnectError):
         await send(transport, request("GET", f"http://{host}:{free_port()}/"))
@@ -443,11 +466,22 @@ async def test_a_refused_connection_or_unknown_host_is_a_connect_error(
     ids=["closed_silently", "closed_inside_head", "reset_silently", "reset_inside_head"],
 )
 async def test_a_connection_lost_before_the_whole_head_is_a_remote_protocol_error(
-    serve: Serve, transport: Http1Transport, written: bytes, ending: Script
+    serve: Serve, transport: AiohttpTransport, written: bytes, ending: Script
 ) -> None:
     server = await serve(steps(written, ending))
     with pytest.raises(httpx.RemoteProtocolError):
-        await send(transport, request("GET", server.url()))
+        await send(transport, request("POST", server.url("/api/chat"), content=b"{}"))
+    assert len(server.requests) == 1  # a POST is never sent twice
+
+
+async def test_a_get_whose_connection_is_lost_before_any_answer_is_sent_once_more(
+    serve: Serve, transport: AiohttpTransport
+) -> None:
+    # aiohttp retries an idempotent request once on a new connection (RFC 9112 §9.3.1.1): the
+    # usual cause is a pooled connection the server closed as the request went out.
+    server = await serve(steps(b"", hang_up), sized(b"second try"))
+    assert await body_of(transport, server.url()) == b"second try"
+    assert [len(connection.requests) for connection in server.connections] == [1, 1]
 
 
 @pytest.mark.parametrize(
@@ -457,12 +491,11 @@ async def test_a_connection_lost_before_the_whole_head_is_a_remote_protocol_erro
         (CHUNKED + chunk(b"hello"), b"5\r\nwor", hang_up),
         (CHUNKED + chunk(b"hello"), b"", hang_up),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", b"", reset),
-        (b"HTTP/1.1 200 OK\r\n\r\nhello", b"", reset),
     ],
-    ids=["short_content_length", "inside_a_chunk", "before_last_chunk", "reset", "reset_unsized"],
+    ids=["short_content_length", "inside_a_chunk", "before_last_chunk", "reset"],
 )
 async def test_a_connection_lost_inside_the_body_is_a_read_error_from_the_body(
-    serve: Serve, transport: Http1Transport, first: bytes, rest: bytes, ending: Script
+    serve: Serve, transport: AiohttpTransport, first: bytes, rest: bytes, ending: Script
 ) -> None:
     head_seen = asyncio.Event()
     server = await serve(steps(first, head_seen, rest, ending))
@@ -474,14 +507,16 @@ async def test_a_connection_lost_inside_the_body_is_a_read_error_from_the_body(
 
 
 async def test_an_answer_that_is_not_http_is_a_remote_protocol_error(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve(b"SSH-2.0-OpenSSH_9.6\r\nProtocol mismatch.\r\n")
     with pytest.raises(httpx.RemoteProtocolError):
         await send(transport, request("GET", server.url()))
 
 
-async def test_a_scheme_other_than_http_or_https_is_unsupported(transport: Http1Transport) -> None:
+async def test_a_scheme_other_than_http_or_https_is_unsupported(
+    transport: AiohttpTransport,
+) -> None:
     with pytest.raises(httpx.UnsupportedProtocol):
         await send(transport, request("GET", f"ftp://127.0.0.1:{free_port()}/"))
 
@@ -491,7 +526,7 @@ async def test_a_scheme_other_than_http_or_https_is_unsupported(transport: Http1
 
 @pytest.mark.parametrize("read_one", [False, True], ids=["unread", "after_one_piece"])
 async def test_closing_a_response_before_its_body_ends_closes_its_connection(
-    serve: Serve, transport: Http1Transport, read_one: bool
+    serve: Serve, transport: AiohttpTransport, read_one: bool
 ) -> None:
     server = await serve(CHUNKED + chunk(b"first token"), sized(b"again"))
     response = await send(transport, request("POST", server.url("/api/chat"), content=b"{}"))
@@ -510,7 +545,7 @@ async def test_closing_a_response_before_its_body_ends_closes_its_connection(
     ids=["content_length", "chunked"],
 )
 async def test_a_response_read_to_its_end_gives_its_connection_to_the_next_request(
-    serve: Serve, transport: Http1Transport, first: bytes
+    serve: Serve, transport: AiohttpTransport, first: bytes
 ) -> None:
     server = await serve(first, sized(b"two"))
     assert await body_of(transport, server.url()) == b"one"
@@ -519,7 +554,7 @@ async def test_a_response_read_to_its_end_gives_its_connection_to_the_next_reque
 
 
 async def test_a_response_closed_unread_leaves_nothing_for_the_next_on_its_connection(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve(sized(b"one"), sized(b"two"))
     unread = await send(transport, request("GET", server.url()))
@@ -529,7 +564,7 @@ async def test_a_response_closed_unread_leaves_nothing_for_the_next_on_its_conne
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve(steps(sized(b"one"), hang_up), sized(b"two"))
     assert await body_of(transport, server.url()) == b"one"
@@ -539,7 +574,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
 
 
 async def test_a_response_saying_connection_close_does_not_keep_its_connection(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     server = await serve(sized(b"one", headers=b"Connection: close\r\n"), sized(b"two"))
     assert await body_of(transport, server.url()) == b"one"
@@ -549,7 +584,7 @@ async def test_a_response_saying_connection_close_does_not_keep_its_connection(
 
 
 async def test_a_connection_whose_body_is_still_streaming_is_not_lent_to_another_request(
-    serve: Serve, transport: Http1Transport
+    serve: Serve, transport: AiohttpTransport
 ) -> None:
     finish = asyncio.Event()
     server = await serve(steps(CHUNKED + chunk(b"slow"), finish, LAST_CHUNK), sized(b"quick"))
@@ -564,7 +599,7 @@ async def test_with_one_connection_allowed_a_second_request_waits_for_the_first_
     serve: Serve,
 ) -> None:
     server = await serve(CHUNKED + chunk(b"first"), sized(b"second"))
-    async with Http1Transport(max_connections=1) as transport:
+    async with AiohttpTransport(max_connections=1) as transport:
         first = await send(transport, request("GET", server.url("/1")))
         second: list[httpx.Response] = []
 
@@ -584,7 +619,7 @@ async def test_with_one_connection_allowed_a_second_request_waits_for_the_first_
 
 async def test_aclose_closes_idle_connections(serve: Serve) -> None:
     server = await serve(sized(b"one"))
-    transport = Http1Transport()
+    transport = AiohttpTransport()
     assert await body_of(transport, server.url()) == b"one"
     assert not server.connections[0].closed_by_client.is_set()
     await transport.aclose()
@@ -594,36 +629,51 @@ async def test_aclose_closes_idle_connections(serve: Serve) -> None:
 # -- resolving and TLS ------------------------------------------------------------------------
 
 
-async def test_resolve_gives_the_addresses_tried_in_order_and_the_first_that_connects_wins(
+class ListedResolver(AbstractResolver):
+    """Answers every lookup with the same addresses (or raises `failure`); records what was
+    asked."""
+
+    def __init__(self, addresses: list[str], failure: OSError | None = None) -> None:
+        self.addresses = addresses
+        self.failure = failure
+        self.asked: list[tuple[str, int]] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append((host, port))
+        if self.failure is not None:
+            raise self.failure
+        return [
+            ResolveResult(
+                hostname=host, host=address, port=port, family=socket.AF_INET, proto=0, flags=0
+            )
+            for address in self.addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_resolver_gives_the_addresses_tried_in_order_and_the_first_that_connects_wins(
     serve: Serve,
 ) -> None:
     one = await serve(sized(b"from 127.0.0.1"))
     two = await serve(sized(b"from 127.0.0.2"), host="127.0.0.2", port=one.port)
-    asked: list[tuple[str, int]] = []
+    resolver = ListedResolver(["127.0.0.3", "127.0.0.2", "127.0.0.1"])  # none on 127.0.0.3
 
-    async def resolve(host: str, port: int) -> list[str]:
-        asked.append((host, port))
-        return ["127.0.0.3", "127.0.0.2", "127.0.0.1"]  # nothing listens on 127.0.0.3
-
-    async with Http1Transport(resolve=resolve) as transport:
+    async with AiohttpTransport(resolver=resolver) as transport:
         assert await body_of(transport, f"http://upstream.invalid:{one.port}/") == b"from 127.0.0.2"
-    assert asked == [("upstream.invalid", one.port)]
+    assert resolver.asked == [("upstream.invalid", one.port)]
     assert split_request(two.requests[0])[1][b"host"] == b"upstream.invalid:%d" % one.port
     assert one.connections == []
 
 
-@pytest.mark.parametrize("answer", [OSError("no such host"), []], ids=["raises", "no_address"])
-async def test_a_resolve_that_fails_or_finds_nothing_is_a_connect_error(
-    serve: Serve, answer: OSError | list[str]
-) -> None:
+async def test_a_resolver_that_fails_is_a_connect_error(serve: Serve) -> None:
+    # A resolver that finds nothing raises (aiohttp's contract), as AllowedAddressResolver does.
     server = await serve(sized(b"must not be reached"))
-
-    async def resolve(host: str, port: int) -> list[str]:
-        if isinstance(answer, OSError):
-            raise answer
-        return answer
-
-    async with Http1Transport(resolve=resolve) as transport:
+    resolver = ListedResolver([], OSError("no such host"))
+    async with AiohttpTransport(resolver=resolver) as transport:
         with pytest.raises(httpx.ConnectError):
             await send(transport, request("GET", f"http://localhost:{server.port}/"))
     assert server.connections == []
@@ -636,10 +686,7 @@ async def test_https_trusts_ssl_cert_file_and_names_the_url_host_to_the_server(
     server_names: list[str | None] = []
     server = await serve(sized(b"secret"), tls=tls_context(server_names))
 
-    async def resolve(host: str, port: int) -> list[str]:
-        return ["127.0.0.1"]
-
-    async with Http1Transport(resolve=resolve) as transport:
+    async with AiohttpTransport(resolver=ListedResolver(["127.0.0.1"])) as transport:
         assert await body_of(transport, f"https://localhost:{server.port}/") == b"secret"
     assert server_names == ["localhost"]
 
@@ -650,22 +697,126 @@ async def test_https_to_an_untrusted_certificate_is_a_connect_error(
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     server = await serve(sized(b"secret"), tls=tls_context([]))
-    async with Http1Transport() as transport:
+    async with AiohttpTransport() as transport:
         with pytest.raises(httpx.ConnectError):
             await send(transport, request("GET", server.url(scheme="https")))
     assert server.requests == []
 
 
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path)
+
+
+@pytest.mark.parametrize("key_apart", [True, False], ids=["key_file", "key_in_cert_file"])
+async def test_client_tls_trusts_the_ca_file_and_shows_the_client_certificate(
+    serve: Serve, pki: Pki, key_apart: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    server = await serve(sized(b"mutual"), tls=pki.server)
+    tls = (
+        client_tls(pki.ca_file, pki.client_cert, pki.client_key)
+        if key_apart
+        else client_tls(pki.ca_file, pki.client_cert_and_key)
+    )
+    async with AiohttpTransport(tls=tls) as transport:
+        assert await body_of(transport, server.url(scheme="https")) == b"mutual"
+
+
+async def test_without_a_client_certificate_a_server_that_requires_one_is_not_reached(
+    serve: Serve, pki: Pki
+) -> None:
+    server = await serve(sized(b"mutual"), tls=pki.server)
+    async with AiohttpTransport(tls=client_tls(pki.ca_file)) as transport:
+        with pytest.raises(httpx.TransportError):
+            await pieces(await send(transport, request("GET", server.url(scheme="https"))))
+    assert server.requests == []
+
+
+async def test_the_ca_file_takes_the_place_of_the_default_trust(
+    serve: Serve, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's certificate is trusted by SSL_CERT_FILE, not by the CA file given.
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "localhost.crt"))
+    server = await serve(sized(b"secret"), tls=tls_context([]))
+    async with AiohttpTransport(tls=client_tls(pki.ca_file)) as transport:
+        with pytest.raises(httpx.ConnectError):
+            await send(transport, request("GET", server.url(scheme="https")))
+
+
+def test_client_tls_refuses_files_without_certificates_or_with_an_encrypted_key(
+    pki: Pki, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    with pytest.raises(ssl.SSLError):
+        client_tls(ca_file=str(empty))
+    with pytest.raises(FileNotFoundError):
+        client_tls(ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(ssl.SSLError):
+        client_tls(client_cert=pki.client_cert)  # no key in it, none given
+    encrypted = tmp_path / "encrypted.pem"
+    key = serialization.load_pem_private_key(Path(pki.client_key).read_bytes(), None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(ValueError, match="encrypted"):
+        client_tls(client_cert=pki.client_cert, client_key=str(encrypted))
+
+
+# -- many sockets -----------------------------------------------------------------------------
+
+SOCKETS_HELD = 1100
+
+
+@pytest.fixture
+def many_sockets() -> Iterator[None]:
+    """More than 1,024 sockets open in this process (select() cannot watch a descriptor past
+    1,023), with the soft limit on open files raised for them when it is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = SOCKETS_HELD + 256
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard limit on open files is {hard}; this test needs {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    held = [socket.socket() for _ in range(SOCKETS_HELD)]
+    try:
+        with socket.socket() as probe:  # the lowest free descriptor: what the next socket gets
+            assert probe.fileno() >= 1024
+        yield
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_with_more_than_1024_sockets_open_a_pooled_connection_is_reused(
+    serve: Serve, transport: AiohttpTransport, many_sockets: None
+) -> None:
+    server = await serve(sized(b"one"), sized(b"two"))
+    assert await body_of(transport, server.url()) == b"one"
+    assert await body_of(transport, server.url()) == b"two"
+    assert [len(connection.requests) for connection in server.connections] == [2]
+
+
 # -- large bodies and use under a client ------------------------------------------------------
 
 
-async def test_a_5_mib_response_body_arrives_whole(serve: Serve, transport: Http1Transport) -> None:
+async def test_a_5_mib_response_body_arrives_whole(
+    serve: Serve, transport: AiohttpTransport
+) -> None:
     data = random.Random(5).randbytes(5 << 20)
     server = await serve(sized(data))
     assert await body_of(transport, server.url()) == data
 
 
-async def test_an_8_mib_request_body_arrives_whole(serve: Serve, transport: Http1Transport) -> None:
+async def test_an_8_mib_request_body_arrives_whole(
+    serve: Serve, transport: AiohttpTransport
+) -> None:
     data = random.Random(8).randbytes(8 << 20)
     server = await serve(sized(b"got it"))
     response = await send(transport, request("POST", server.url(), content=data))
@@ -682,7 +833,7 @@ async def test_an_httpx_client_streams_posts_and_times_out_through_the_transport
         CHUNKED + chunk(b'{"a":') + chunk(b"1}") + LAST_CHUNK,
         sized(b'{"ok":true}', headers=b"Content-Type: application/json\r\n"),
     )
-    async with httpx.AsyncClient(transport=Http1Transport(), timeout=5.0) as client:
+    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5.0) as client:
         with anyio.fail_after(LIMIT):
             async with client.stream("POST", server.url("/s"), json={"q": 1}) as response:
                 assert [piece async for piece in response.aiter_raw()] == [b'{"a":', b"1}"]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from foreman_adapters.http1 import Http1Transport
+from foreman_adapters.aiohttp_transport import AiohttpTransport
 from foreman_adapters.inventory import PollingModelInventory
 from foreman_adapters.ollama import OllamaTarget
 from foreman_adapters.simulator import DEFAULT_MODELS, SimulatedOllama, serve_simulator
@@ -120,7 +120,7 @@ async def test_a_stopped_server_degrades_then_a_restarted_one_recovers() -> None
     sim = SimulatedOllama()
     async with serve_simulator(sim) as running:
         port = running.port
-    async with Http1Transport() as transport:
+    async with AiohttpTransport() as transport:
         target = OllamaTarget(transport, f"http://127.0.0.1:{port}")
         stranded = PollingModelInventory(target, interval=30)
         await stranded.refresh()
@@ -133,7 +133,7 @@ async def test_a_stopped_server_degrades_then_a_restarted_one_recovers() -> None
 
 async def test_while_degraded_the_target_is_polled_every_degraded_interval() -> None:
     sim = SimulatedOllama()
-    async with Http1Transport() as transport:
+    async with AiohttpTransport() as transport:
         async with serve_simulator(sim) as running:
             port = running.port
             target = OllamaTarget(transport, f"http://127.0.0.1:{port}")
@@ -198,7 +198,7 @@ async def test_a_target_that_never_answers_degrades_after_the_poll_timeout() -> 
 
     server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with server, Http1Transport() as transport:
+    async with server, AiohttpTransport() as transport:
         target = OllamaTarget(transport, f"http://127.0.0.1:{port}")
         inventory = PollingModelInventory(target, interval=60, poll_timeout=0.2)
         await inventory.refresh()

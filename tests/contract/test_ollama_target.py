@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from foreman_adapters.http1 import Http1Transport
+from foreman_adapters.aiohttp_transport import AiohttpTransport
 from foreman_adapters.ollama import OllamaTarget
 from foreman_adapters.simulator import SimulatedOllama, serve_simulator
 from foreman_core.errors import (
@@ -71,7 +71,7 @@ async def first_chat_model(target: OllamaTarget) -> str:
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     kind = request.param
     if kind == "real":
-        async with Http1Transport() as transport:
+        async with AiohttpTransport() as transport:
             target = OllamaTarget(transport, REAL_OLLAMA_URL or "")
             yield Setup(target, None, await first_chat_model(target), REAL_OLLAMA_URL)
         return
@@ -80,7 +80,7 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
         async with httpx.ASGITransport(app=sim) as transport:
             yield Setup(OllamaTarget(transport, "http://ollama"), sim, CHAT_MODEL)
         return
-    async with serve_simulator(sim) as running, Http1Transport() as transport:
+    async with serve_simulator(sim) as running, AiohttpTransport() as transport:
         yield Setup(OllamaTarget(transport, running.url), sim, CHAT_MODEL, running.url)
 
 
@@ -252,7 +252,7 @@ async def test_a_connection_cut_mid_stream_breaks_the_stream(setup: Setup) -> No
 async def test_a_stopped_server_is_unreachable() -> None:
     async with serve_simulator(SimulatedOllama()) as running:
         stopped_url = running.url
-    async with Http1Transport() as transport:
+    async with AiohttpTransport() as transport:
         with pytest.raises(TargetUnreachable):
             await OllamaTarget(transport, stopped_url).version()
 
@@ -322,7 +322,7 @@ async def recorded_target(
     transport_kind: str, recorder: RecordingApp, token: str | None = None, userinfo: str = ""
 ) -> AsyncIterator[OllamaTarget]:
     """A target whose requests reach `recorder`: in-process, or on a socket over foreman's
-    own transport; `userinfo` (`user:password`) goes into its URL."""
+    transport; `userinfo` (`user:password`) goes into its URL."""
     at = f"{userinfo}@" if userinfo else ""
     if transport_kind == "asgi":
         async with httpx.ASGITransport(app=recorder) as transport:
@@ -330,7 +330,7 @@ async def recorded_target(
         return
     async with (
         serve_simulator(recorder) as running,  # type: ignore[arg-type]
-        Http1Transport() as transport,
+        AiohttpTransport() as transport,
     ):
         yield OllamaTarget(transport, running.url.replace("://", f"://{at}"), token=token)
 

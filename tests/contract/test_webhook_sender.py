@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _proxy import running_proxy
 from standardwebhooks.webhooks import Webhook
 
 from foreman_adapters.webhooks import (
@@ -148,7 +149,7 @@ def serving(server: Receiver) -> Iterator[Receiver]:
 @pytest.fixture(params=["httpx", "foreman"])
 async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
     """A plain httpx client (ignoring the environment's proxies), or the one foreman sends
-    with (Http1Transport)."""
+    with (AiohttpTransport)."""
     client = httpx.AsyncClient(trust_env=False) if request.param == "httpx" else None
     async with client or webhook_http_client() as chosen:
         yield chosen
@@ -430,14 +431,18 @@ def test_a_refused_url_is_a_value_error() -> None:
 # -- the allow-list at connection time --------------------------------------------------------
 
 
+async def addresses(resolver: AllowedAddressResolver, host: str) -> list[str]:
+    return [found["host"] for found in await resolver.resolve(host, 80, socket.AF_UNSPEC)]
+
+
 async def test_the_resolver_keeps_only_allowed_addresses() -> None:
     allowing = AllowedAddressResolver(WebhookHostPolicy("127.0.0.0/8"))
     refusing = AllowedAddressResolver(WebhookHostPolicy("10.0.0.0/8"))
     naming = AllowedAddressResolver(WebhookHostPolicy("localhost"))
-    assert await allowing("localhost", 80) == ["127.0.0.1"]
+    assert await addresses(allowing, "localhost") == ["127.0.0.1"]
     with pytest.raises(OSError, match="no address allowed"):
-        await refusing("localhost", 80)
-    assert "127.0.0.1" in await naming("localhost", 80)
+        await addresses(refusing, "localhost")
+    assert "127.0.0.1" in await addresses(naming, "localhost")
 
 
 async def test_a_host_that_resolves_elsewhere_at_connection_time_is_not_reached(
@@ -455,3 +460,101 @@ async def test_a_host_that_resolves_elsewhere_at_connection_time_is_not_reached(
     assert "no address allowed" in (result.error or "")
     assert allowed.ok
     assert [r.path for r in receiver.requests] == ["/ok"]
+
+
+# -- proxies ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The environment without any proxy variable; the test sets the ones it needs."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+async def test_a_delivery_goes_through_the_proxy_http_proxy_names_with_its_credentials(
+    receiver: Receiver, clock: FakeClock, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    async with running_proxy("hook-user:hook-password") as proxy:
+        no_proxy_variables.setenv("HTTP_PROXY", proxy.url)
+        async with webhook_http_client() as http:
+            result = await HttpWebhookSender(http, SECRET, clock).send(
+                receiver.url("/ok"), EVENT_ID, BODY
+            )
+
+    assert (result.ok, result.status) == (True, 200)
+    assert proxy.request_lines == [f"POST {receiver.url('/ok')} HTTP/1.1"]
+    credentials = base64.b64encode(b"hook-user:hook-password")
+    assert b"\r\nProxy-Authorization: Basic %s\r\n" % credentials in proxy.heads[0]
+    assert [r.body for r in receiver.requests] == [BODY]
+
+
+async def test_an_https_delivery_is_tunnelled_through_the_proxy_https_proxy_names_with_credentials(
+    tls_receiver: Receiver, clock: FakeClock, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    no_proxy_variables.setenv("SSL_CERT_FILE", str(TLS / "localhost.crt"))
+    url = tls_receiver.url("/ok").replace("http://", "https://")
+    async with running_proxy("tunnel-user:tunnel-password") as proxy:
+        no_proxy_variables.setenv("HTTPS_PROXY", proxy.url)
+        async with webhook_http_client() as http:
+            result = await HttpWebhookSender(http, SECRET, clock).send(url, EVENT_ID, BODY)
+
+    assert (result.ok, result.status) == (True, 200)
+    assert proxy.request_lines == [f"CONNECT 127.0.0.1:{tls_receiver.server_address[1]} HTTP/1.1"]
+    credentials = base64.b64encode(b"tunnel-user:tunnel-password")
+    assert b"\r\nProxy-Authorization: Basic %s\r\n" % credentials in proxy.heads[0]
+    assert [r.path for r in tls_receiver.requests] == ["/ok"]
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.1", "*"])
+async def test_a_receiver_no_proxy_lists_is_reached_directly(
+    receiver: Receiver, clock: FakeClock, no_proxy_variables: pytest.MonkeyPatch, no_proxy: str
+) -> None:
+    async with running_proxy() as proxy:
+        no_proxy_variables.setenv("HTTP_PROXY", proxy.url)
+        no_proxy_variables.setenv("NO_PROXY", no_proxy)
+        async with webhook_http_client() as http:
+            result = await HttpWebhookSender(http, SECRET, clock).send(
+                receiver.url("/ok"), EVENT_ID, BODY
+            )
+
+    assert result.ok
+    assert proxy.heads == []
+    assert [r.path for r in receiver.requests] == ["/ok"]
+
+
+async def test_a_proxy_that_cannot_be_reached_is_a_failed_delivery(
+    receiver: Receiver, clock: FakeClock, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    no_proxy_variables.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
+    async with webhook_http_client() as http:
+        result = await HttpWebhookSender(http, SECRET, clock).send(
+            receiver.url("/ok"), EVENT_ID, BODY
+        )
+
+    assert (result.ok, result.status) == (False, None)
+    assert (result.error or "").startswith("could not reach receiver")
+    assert receiver.requests == []
+
+
+async def test_the_proxy_itself_is_held_to_the_allow_list(
+    receiver: Receiver, clock: FakeClock, no_proxy_variables: pytest.MonkeyPatch
+) -> None:
+    async with running_proxy() as proxy:
+        no_proxy_variables.setenv("HTTP_PROXY", proxy.url.replace("127.0.0.1", "localhost"))
+        results = []
+        for allowed in ("10.0.0.0/8", "127.0.0.0/8"):
+            async with webhook_http_client(WebhookHostPolicy(allowed)) as http:
+                sender = HttpWebhookSender(http, SECRET, clock)
+                results.append(await sender.send(receiver.url("/ok"), EVENT_ID, BODY))
+
+    refused, allowed_through = results
+    assert not refused.ok
+    assert "no address allowed" in (refused.error or "")
+    assert allowed_through.ok
+    assert proxy.request_lines == [f"POST {receiver.url('/ok')} HTTP/1.1"]
