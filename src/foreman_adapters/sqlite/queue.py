@@ -1,6 +1,10 @@
-"""The scheduler's questions about queued jobs, asked of the `jobs` table's partial indexes.
+"""The queue's questions, asked of the `jobs` table's partial indexes: the scheduler's, for the
+claim, and those of the queue's position, size and summary.
 
-Each function runs on a connection the caller holds, inside its transaction.
+The scheduling order is the core's (`foreman_core.scheduler`): the claim runs its policy,
+`choose_among`, answering each of its questions with one index seek, and a position is
+counted in its `queue_order`, residencies ranked by its `group_rank`. Each function runs on a
+connection the caller holds.
 """
 
 from __future__ import annotations
@@ -8,19 +12,27 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
-from foreman_adapters.sqlite.rows import SELECT_JOB, first_job, from_us_or_none, running_jobs, to_us
+from foreman_adapters.sqlite.rows import (
+    SELECT_JOB,
+    first_job,
+    from_us,
+    from_us_or_none,
+    running_jobs,
+    to_us,
+)
 from foreman_core.job import Job
 from foreman_core.ports import QueuedGroup, QueueSummary
+from foreman_core.scheduler import choose_among, group_rank
 
-# The claim's queries. Each is pinned to its partial index: the planner, lacking statistics,
-# might otherwise pick a range on not_before and sort a million rows.
+# The claim's queries, the three questions of `EligibleJobs`. Each is pinned to its partial
+# index: the planner, lacking statistics, might otherwise pick a range on not_before and sort a
+# million rows.
 OLDEST_ELIGIBLE_SQL = (
     SELECT_JOB + " INDEXED BY idx_jobs_queued_fifo"
     " WHERE state = 'queued' AND not_before <= ? ORDER BY created_at, id LIMIT 1"
 )
-TOP_PRIORITY_SQL = (
+HIGHEST_PRIORITY_SQL = (
     SELECT_JOB + " INDEXED BY idx_jobs_queued_priority"
     " WHERE state = 'queued' AND not_before <= ? ORDER BY priority DESC, created_at, id LIMIT 1"
 )
@@ -29,31 +41,32 @@ OLDEST_OF_RESIDENCY_SQL = (
     " WHERE state = 'queued' AND priority = ? AND residency = ? AND not_before <= ?"
     " ORDER BY created_at, id LIMIT 1"
 )
-CLAIM_QUERIES = (OLDEST_ELIGIBLE_SQL, TOP_PRIORITY_SQL, OLDEST_OF_RESIDENCY_SQL)
+CLAIM_QUERIES = (OLDEST_ELIGIBLE_SQL, HIGHEST_PRIORITY_SQL, OLDEST_OF_RESIDENCY_SQL)
 """The queries `choose_next` runs, exposed so tests can check they walk indexes."""
+
+
+class _EligibleIndexed:
+    """`EligibleJobs` over the stored jobs: each answer one seek on a partial index."""
+
+    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
+        self._conn = conn
+        self._now = to_us(now)
+
+    def oldest(self) -> Job | None:
+        return first_job(self._conn, OLDEST_ELIGIBLE_SQL, (self._now,))
+
+    def highest_priority(self) -> Job | None:
+        return first_job(self._conn, HIGHEST_PRIORITY_SQL, (self._now,))
+
+    def oldest_of(self, priority: int, residency: str) -> Job | None:
+        return first_job(self._conn, OLDEST_OF_RESIDENCY_SQL, (priority, residency, self._now))
 
 
 def choose_next(
     conn: sqlite3.Connection, resident: Sequence[str], now: datetime, max_wait: timedelta
 ) -> Job | None:
-    """`scheduler.choose_next` over the stored jobs, as a handful of index seeks."""
-    now_us = to_us(now)
-    oldest = first_job(conn, OLDEST_ELIGIBLE_SQL, (now_us,))
-    if oldest is None:
-        return None
-    # The oldest eligible job is overdue exactly when any eligible job is.
-    if now - oldest.created_at > max_wait:
-        return oldest
-    top = first_job(conn, TOP_PRIORITY_SQL, (now_us,))
-    assert top is not None  # `oldest` is eligible, so some job has a top priority
-    for residency in resident:
-        if residency == top.residency:
-            # `top` is the first come at its priority, so the first of its residency too.
-            return top
-        warm = first_job(conn, OLDEST_OF_RESIDENCY_SQL, (top.priority, residency, now_us))
-        if warm is not None:
-            return warm
-    return top
+    """`scheduler.choose_next` over the stored jobs: the core's policy on the indexes."""
+    return choose_among(_EligibleIndexed(conn, now), resident, now, max_wait)
 
 
 def count_queued(conn: sqlite3.Connection, *, up_to: int = -1) -> int:
@@ -98,28 +111,24 @@ def queue_position(conn: sqlite3.Connection, job: Job, resident: Sequence[str]) 
         " WHERE state = 'queued' AND priority > ?",
         (job.priority,),
     ).fetchone()[0]
-    rank: dict[str, int] = {}
-    for index, residency in enumerate(resident):
-        rank.setdefault(residency, index)
 
-    def group_key(residency: str) -> tuple[Any, ...]:
-        oldest = conn.execute(
+    def rank(residency: str) -> tuple[int, int, tuple[datetime, str]]:
+        created_at, oldest_id = conn.execute(
             "SELECT created_at, id FROM jobs INDEXED BY idx_jobs_queued_residency"
             " WHERE state = 'queued' AND priority = ? AND residency = ?"
             " ORDER BY created_at, id LIMIT 1",
             (job.priority, residency),
         ).fetchone()
-        warm = rank.get(residency)
-        return (0, warm, tuple(oldest)) if warm is not None else (1, 0, tuple(oldest))
+        return group_rank(residency, (from_us(created_at), oldest_id), resident)
 
-    own_group = group_key(job.residency)
+    own_rank = rank(job.residency)
     groups = conn.execute(
         "SELECT residency, COUNT(*) FROM jobs INDEXED BY idx_jobs_queued_residency"
         " WHERE state = 'queued' AND priority = ? GROUP BY residency",
         (job.priority,),
     ).fetchall()
     for residency, count in groups:
-        if residency != job.residency and group_key(residency) < own_group:
+        if residency != job.residency and rank(residency) < own_rank:
             ahead += count
     ahead += conn.execute(
         "SELECT COUNT(*) FROM jobs INDEXED BY idx_jobs_queued_residency"
