@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from foreman_adapters.sqlite_store import INSERT_JOB_SQL, SqliteJobStore, job_row
+from foreman_adapters.sqlite import SqliteJobStore
+from foreman_adapters.sqlite.rows import INSERT_JOB_SQL, job_row
 from foreman_core import job as jobs
 from foreman_core.clock import UlidGenerator
 from foreman_core.job import CHAT, Artifact, Job, JobState, new_job

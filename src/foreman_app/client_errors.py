@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from foreman_app.client import JobView
+    from foreman_app.client_views import JobView
 
 
 class ClientError(Exception):

@@ -17,7 +17,7 @@ from dependency_injector import containers, providers
 from foreman_adapters.aiohttp_transport import AiohttpTransport, client_tls
 from foreman_adapters.inventory import PollingModelInventory
 from foreman_adapters.ollama import OllamaTarget
-from foreman_adapters.sqlite_store import SqliteJobStore
+from foreman_adapters.sqlite import SqliteJobStore
 from foreman_adapters.webhooks import HttpWebhookSender, WebhookHostPolicy, webhook_http_client
 from foreman_app.async_jobs import AsyncJobs
 from foreman_app.config import Settings

@@ -6,12 +6,17 @@ Among queued jobs whose backoff has passed (interface.md §Scheduling):
 3. within it, a job whose residency is already loaded, most recently used residency first
    (a backlog interleaving models A B A B costs one swap, not one per job);
 4. otherwise first come, first served.
+
+The policy is `choose_among`, written once against three questions (`EligibleJobs`):
+`choose_next` asks them of jobs in memory, a store of its indexes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from operator import attrgetter
+from typing import Protocol
 
 from foreman_core.job import Job, JobState
 
@@ -26,6 +31,81 @@ def is_overdue(job: Job, now: datetime, max_wait: timedelta) -> bool:
     return now - job.created_at > max_wait
 
 
+class EligibleJobs(Protocol):
+    """The queued jobs past their backoff, as the three questions the policy asks of them.
+
+    Each answer is one job, ties going to the first come (`Job.fifo_key`), or None when no job
+    fits: a store can answer each with one index seek instead of loading the queue.
+    """
+
+    def oldest(self) -> Job | None:
+        """The first come of all."""
+        ...
+
+    def highest_priority(self) -> Job | None:
+        """The first come among those of the highest priority."""
+        ...
+
+    def oldest_of(self, priority: int, residency: str) -> Job | None:
+        """The first come among those of this priority and residency."""
+        ...
+
+
+def choose_among(
+    eligible: EligibleJobs, resident: Sequence[str], now: datetime, max_wait: timedelta
+) -> Job | None:
+    """The policy itself: the job to dispatch next among `eligible`, or None when it is empty.
+
+    `choose_next` runs it on jobs in memory; a store runs it on its indexes.
+    """
+    oldest = eligible.oldest()
+    if oldest is None:
+        return None
+    # The oldest eligible job is overdue exactly when any eligible job is.
+    if is_overdue(oldest, now, max_wait):
+        return oldest
+    top = eligible.highest_priority()
+    assert top is not None  # `oldest` is eligible, so some job has the highest priority
+    for residency in resident:
+        if residency == top.residency:
+            # `top` is the first come at its priority, so the first of its residency too.
+            return top
+        warm = eligible.oldest_of(top.priority, residency)
+        if warm is not None:
+            return warm
+    return top
+
+
+_fifo = attrgetter("created_at", "id")
+"""`Job.fifo_key`, as a key function that costs less than the property (the claim's hot path)."""
+
+
+class _EligibleInMemory:
+    """EligibleJobs over a list of jobs, each answer one pass over it."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self._jobs = jobs
+        self._oldest = min(jobs, key=_fifo, default=None)
+
+    def oldest(self) -> Job | None:
+        return self._oldest
+
+    def highest_priority(self) -> Job | None:
+        if self._oldest is None:
+            return None
+        top = max(job.priority for job in self._jobs)
+        if self._oldest.priority == top:
+            return self._oldest  # the first come of all is the first at its priority too
+        return min((job for job in self._jobs if job.priority == top), key=_fifo)
+
+    def oldest_of(self, priority: int, residency: str) -> Job | None:
+        return min(
+            (job for job in self._jobs if job.priority == priority and job.residency == residency),
+            key=_fifo,
+            default=None,
+        )
+
+
 def choose_next(
     queued: Iterable[Job],
     resident: Sequence[str],
@@ -37,18 +117,18 @@ def choose_next(
     `resident` lists the loaded residencies, most recently used first.
     """
     eligible = [job for job in queued if is_eligible(job, now)]
-    if not eligible:
-        return None
-    overdue = [job for job in eligible if is_overdue(job, now, max_wait)]
-    if overdue:
-        return min(overdue, key=lambda job: job.fifo_key)
-    top = max(job.priority for job in eligible)
-    candidates = [job for job in eligible if job.priority == top]
-    for residency in resident:
-        warm = [job for job in candidates if job.residency == residency]
-        if warm:
-            return min(warm, key=lambda job: job.fifo_key)
-    return min(candidates, key=lambda job: job.fifo_key)
+    return choose_among(_EligibleInMemory(eligible), resident, now, max_wait)
+
+
+def group_rank(
+    residency: str, oldest: tuple[datetime, str], resident: Sequence[str]
+) -> tuple[int, int, tuple[datetime, str]]:
+    """Where the jobs of one residency stand among the others of their priority in
+    `queue_order` (smaller first): the resident ones first, most recently used first, then the
+    others by their oldest job (`oldest`, its `fifo_key`)."""
+    if residency in resident:
+        return (0, resident.index(residency), oldest)
+    return (1, 0, oldest)
 
 
 def queue_order(queued: Iterable[Job], resident: Sequence[str]) -> list[Job]:
@@ -64,15 +144,9 @@ def queue_order(queued: Iterable[Job], resident: Sequence[str]) -> list[Job]:
         group = (job.priority, job.residency)
         if group not in oldest or job.fifo_key < oldest[group]:
             oldest[group] = job.fifo_key
-    rank = {residency: index for index, residency in reversed(list(enumerate(resident)))}
+    ranks = {group: group_rank(group[1], first, resident) for group, first in oldest.items()}
 
     def order(job: Job) -> tuple[int, tuple[int, int, tuple[datetime, str]], tuple[datetime, str]]:
-        warm = rank.get(job.residency)
-        group_rank = (
-            (0, warm, oldest[(job.priority, job.residency)])
-            if warm is not None
-            else (1, 0, oldest[(job.priority, job.residency)])
-        )
-        return (-job.priority, group_rank, job.fifo_key)
+        return (-job.priority, ranks[(job.priority, job.residency)], job.fifo_key)
 
     return sorted(jobs, key=order)

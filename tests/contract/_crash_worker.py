@@ -10,7 +10,7 @@ import random
 import sys
 from datetime import timedelta
 
-from foreman_adapters.sqlite_store import SqliteJobStore
+from foreman_adapters.sqlite import SqliteJobStore
 from foreman_core import job as jobs
 from foreman_core.clock import SystemClock, UlidGenerator
 from foreman_core.job import CHAT, Artifact, JobState, new_job

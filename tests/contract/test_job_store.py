@@ -14,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foreman_adapters.sqlite_store import CLAIM_QUERIES, SCHEMA_VERSION, SqliteJobStore
+from foreman_adapters.sqlite import SqliteJobStore
+from foreman_adapters.sqlite.queue import CLAIM_QUERIES
+from foreman_adapters.sqlite.schema import SCHEMA_VERSION
 from foreman_core import job as jobs
 from foreman_core.errors import (
     ArtifactNotFound,

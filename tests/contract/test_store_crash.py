@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from foreman_adapters.sqlite_store import SqliteJobStore
+from foreman_adapters.sqlite import SqliteJobStore
 from foreman_core.clock import SystemClock, UlidGenerator
 from foreman_core.job import RUNNING_STATES, JobState
 

@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from foreman_adapters.sqlite_store import SqliteJobStore
+from foreman_adapters.sqlite import SqliteJobStore
 from foreman_core import job as jobs
 from foreman_core.errors import IdempotencyConflict, StaleJob
 from foreman_core.job import (
