@@ -1,4 +1,4 @@
-"""An in-memory fake of foreman's native routes (interface.md, Native routes), for client tests.
+"""An in-memory fake of foreman's native routes (the job API of docs/api.md), for client tests.
 
 It answers through `httpx.MockTransport`, so one fake serves the sync and the async client.
 A job does not run by itself: every `GET /jobs/{id}` moves it one step along its script

@@ -126,7 +126,7 @@ def parse_token_list(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything foreman is configured with (interface.md §Configuration)."""
+    """Everything foreman is configured with: a field per FOREMAN_* variable (operations.md)."""
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080

@@ -1,6 +1,6 @@
 """Drain-by-model scheduling: which queued job the single worker runs next.
 
-Among queued jobs whose backoff has passed (interface.md §Scheduling):
+Among queued jobs whose backoff has passed:
 1. a job that has waited longer than `max_wait` goes first, oldest first (nobody starves);
 2. otherwise the highest priority;
 3. within it, a job whose residency is already loaded, most recently used residency first
