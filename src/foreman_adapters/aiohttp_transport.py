@@ -206,9 +206,37 @@ class EnvironmentProxies:
     def for_url(self, url: httpx.URL) -> Proxy | None:
         """The proxy a request to `url` goes through, or None to go directly."""
         proxy = self._by_scheme.get(url.scheme)
-        if proxy is None or urllib.request.proxy_bypass_environment(url.host, self._proxies):
+        if proxy is None or _bypassed(url.host, url.port, self._proxies.get("no", "")):
             return None
         return proxy
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether NO_PROXY names `host`: `*`, the host itself, or a domain it lies in (curl's
+    reading: `example.com` and `.example.com` both cover `api.example.com`), with an optional
+    `:port` that must then match too."""
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.split(","):
+        name, entry_port = _name_and_port(entry.strip().lower())
+        if name == "*":
+            return True
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.strip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def _name_and_port(entry: str) -> tuple[str, str]:
+    """A NO_PROXY entry's host and port (empty if none): `host:port`, `[v6]:port`, bare `v6`."""
+    if entry.startswith("["):
+        name, _, rest = entry[1:].partition("]")
+        return name, rest.removeprefix(":")
+    if entry.count(":") > 1:
+        return entry, ""
+    name, _, port = entry.partition(":")
+    return name, port
 
 
 def client_tls(

@@ -23,7 +23,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -160,15 +160,15 @@ class OllamaTarget:
 
     async def version(self) -> dict[str, Any]:
         """GET /api/version: `{"version": "0.x.y"}`."""
-        return await self.get_json("/api/version")
+        return cast(dict[str, Any], await self.get_json("/api/version"))
 
     async def tags(self) -> dict[str, Any]:
         """GET /api/tags: the installed models."""
-        return await self.get_json("/api/tags")
+        return cast(dict[str, Any], await self.get_json("/api/tags"))
 
     async def ps(self) -> dict[str, Any]:
         """GET /api/ps: the loaded models."""
-        return await self.get_json("/api/ps")
+        return cast(dict[str, Any], await self.get_json("/api/ps"))
 
     async def warm(self, model: str) -> None:
         """Load an embedding model and keep it loaded for good.

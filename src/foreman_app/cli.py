@@ -18,7 +18,8 @@ from typing import Any
 import click
 from rich.text import Text
 
-from foreman_app.client import ForemanClient, JobView, base_url
+from foreman_app.client import ForemanClient, JobView
+from foreman_app.client_calls import base_url
 from foreman_app.client_errors import (
     ApiError,
     BadRequest,

@@ -286,8 +286,9 @@ def _error_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]:
-        return body["error"]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str) and error:
+        return error
     text = response.text.strip()
     if text and len(text) <= 200 and "\n" not in text:
         return text

@@ -140,8 +140,9 @@ def _result_text(result: dict[str, Any] | None) -> str | None:
     if not result:
         return None
     message = result.get("message")
-    if isinstance(message, dict) and isinstance(message.get("content"), str):
-        return message["content"]
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
     response = result.get("response")
     return response if isinstance(response, str) else None
 

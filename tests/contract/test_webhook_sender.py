@@ -19,6 +19,7 @@ import pytest
 from _proxy import running_proxy
 from standardwebhooks.webhooks import Webhook
 
+from foreman_adapters.aiohttp_transport import EnvironmentProxies
 from foreman_adapters.webhooks import (
     KEPT_RESPONSE_BYTES,
     AllowedAddressResolver,
@@ -523,6 +524,30 @@ async def test_a_receiver_no_proxy_lists_is_reached_directly(
     assert result.ok
     assert proxy.heads == []
     assert [r.path for r in receiver.requests] == ["/ok"]
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "bypassed"),
+    [
+        ("hooks.example.com", 443, "example.com", True),
+        ("hooks.example.com", 443, ".example.com", True),
+        ("badexample.com", 443, "example.com", False),
+        ("hooks.example.com", 8443, "hooks.example.com:8443", True),
+        ("hooks.example.com", 443, "hooks.example.com:8443", False),
+        ("::1", 80, "[::1]", True),
+        ("::1", 80, "[::1]:81", False),
+        ("10.0.0.1", 80, " 10.0.0.2 , 10.0.0.1 ", True),
+        ("10.0.0.1", 80, "", False),
+    ],
+)
+def test_no_proxy_entries_name_hosts_domains_and_ports(
+    host: str, port: int, no_proxy: str, bypassed: bool
+) -> None:
+    proxies = EnvironmentProxies(
+        {"http": "http://proxy:3128", "https": "http://proxy:3128", "no": no_proxy}
+    )
+    url = httpx.URL(scheme="https", host=host, port=port, path="/hook")
+    assert (proxies.for_url(url) is None) is bypassed
 
 
 async def test_a_proxy_that_cannot_be_reached_is_a_failed_delivery(

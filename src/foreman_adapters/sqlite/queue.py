@@ -71,11 +71,12 @@ def choose_next(
 
 def count_queued(conn: sqlite3.Connection, *, up_to: int = -1) -> int:
     """Queued jobs, counting no further than `up_to` (-1: all)."""
-    return conn.execute(
+    count: int = conn.execute(
         "SELECT COUNT(*) FROM (SELECT 1 FROM jobs INDEXED BY idx_jobs_state_id"
         " WHERE state = 'queued' LIMIT ?)",
         (up_to,),
     ).fetchone()[0]
+    return count
 
 
 def summary(conn: sqlite3.Connection) -> QueueSummary:
@@ -106,7 +107,7 @@ def next_not_before(conn: sqlite3.Connection, now: datetime) -> datetime | None:
 
 def queue_position(conn: sqlite3.Connection, job: Job, resident: Sequence[str]) -> int:
     """How many queued jobs come before `job` in `scheduler.queue_order`."""
-    ahead = conn.execute(
+    ahead: int = conn.execute(
         "SELECT COUNT(*) FROM jobs INDEXED BY idx_jobs_queued_priority"
         " WHERE state = 'queued' AND priority > ?",
         (job.priority,),
@@ -130,9 +131,9 @@ def queue_position(conn: sqlite3.Connection, job: Job, resident: Sequence[str]) 
     for residency, count in groups:
         if residency != job.residency and rank(residency) < own_rank:
             ahead += count
-    ahead += conn.execute(
+    same_residency: int = conn.execute(
         "SELECT COUNT(*) FROM jobs INDEXED BY idx_jobs_queued_residency"
         " WHERE state = 'queued' AND priority = ? AND residency = ? AND (created_at, id) < (?, ?)",
         (job.priority, job.residency, to_us(job.created_at), job.id),
     ).fetchone()[0]
-    return ahead
+    return ahead + same_residency

@@ -14,7 +14,7 @@ from sqlite_utils import Database
 
 def _create_schema_v1(db: Database) -> None:
     """Jobs, artifacts and the webhook outbox, with the indexes the hot paths walk."""
-    db["jobs"].create(
+    db.table("jobs").create(
         {
             "id": str,
             "kind": str,
@@ -54,8 +54,8 @@ def _create_schema_v1(db: Database) -> None:
             "fingerprint",
         ],
     )
-    db["jobs"].create_index(["state", "id"], index_name="idx_jobs_state_id")
-    db["jobs"].create_index(["model", "id"], index_name="idx_jobs_model_id")
+    db.table("jobs").create_index(["state", "id"], index_name="idx_jobs_state_id")
+    db.table("jobs").create_index(["model", "id"], index_name="idx_jobs_model_id")
     # Only queued jobs are scheduled, so the scheduling indexes hold only them.
     for sql in (
         "CREATE INDEX idx_jobs_queued_fifo ON jobs (created_at, id) WHERE state = 'queued'",
@@ -69,13 +69,13 @@ def _create_schema_v1(db: Database) -> None:
         " WHERE idempotency_key IS NOT NULL",
     ):
         db.execute(sql)
-    db["artifacts"].create(
+    db.table("artifacts").create(
         {"job_id": str, "name": str, "content_type": str, "data": bytes},
         pk=("job_id", "name"),
         not_null=["job_id", "name", "content_type", "data"],
         foreign_keys=[("job_id", "jobs", "id")],
     )
-    db["webhook_outbox"].create(
+    db.table("webhook_outbox").create(
         {
             "seq": int,
             "event_id": str,
@@ -108,9 +108,11 @@ def _create_schema_v1(db: Database) -> None:
         ],
         foreign_keys=[("job_id", "jobs", "id")],
     )
-    db["webhook_outbox"].create_index(["event_id"], index_name="idx_outbox_event", unique=True)
+    db.table("webhook_outbox").create_index(
+        ["event_id"], index_name="idx_outbox_event", unique=True
+    )
     # Full, not partial: the foreign key check on deleting a job needs it too.
-    db["webhook_outbox"].create_index(["job_id", "seq"], index_name="idx_outbox_job_seq")
+    db.table("webhook_outbox").create_index(["job_id", "seq"], index_name="idx_outbox_job_seq")
     db.execute(
         "CREATE INDEX idx_outbox_due ON webhook_outbox (next_attempt_at, seq) WHERE done = 0"
     )

@@ -9,6 +9,7 @@ for one (ADR 0014).
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sqlite3
 import threading
@@ -337,7 +338,7 @@ class SqliteJobStore:
             raise ArtifactNotFound(job_id, name)
         return Artifact(*row)
 
-    def list_artifacts(self, job_id: str) -> list[Artifact]:
+    def list_artifacts(self, job_id: str) -> builtins.list[Artifact]:
         """A job's artifacts by name; raises JobNotFound."""
         with self._snapshot() as conn:
             require_job(conn, job_id)
@@ -358,7 +359,7 @@ class SqliteJobStore:
 
     # -- webhook outbox -------------------------------------------------------------------
 
-    def due_deliveries(self, now: datetime, limit: int = 100) -> list[PendingDelivery]:
+    def due_deliveries(self, now: datetime, limit: int = 100) -> builtins.list[PendingDelivery]:
         """Each job's oldest undelivered event whose time has come, soonest first."""
         with self._reading() as conn:
             return outbox.due(conn, now, limit)
