@@ -17,7 +17,7 @@ import httpx2
 import openai
 import pytest
 
-from foreman_adapters.simulator import SimulatedOllama
+from foreman_adapters.simulator import SimulatedOllama, serve_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -522,3 +522,17 @@ async def test_a_dialect_request_waits_at_the_hold_gate(
         assert sim.inflight_generate == 2 and sim.completed == []
         sim.release()
     assert sim.completed == ["llama3.2:latest"] * 2 and sim.swaps == 1
+
+
+async def test_a_dialect_stream_flushes_per_line_and_a_disconnect_aborts_it(
+    sim: SimulatedOllama,
+) -> None:
+    sim.token_delay = 60.0
+    body = {"model": "llama3.2", "max_tokens": 9, "messages": USER, "stream": True}
+    async with serve_simulator(sim) as running, httpx.AsyncClient(base_url=running.url) as http:
+        with anyio.fail_after(10):
+            async with http.stream("POST", "/v1/messages", json=body) as response:
+                first = await anext(response.aiter_text())
+            await sim.wait_for(lambda: sim.aborted == 1)
+    assert first.startswith("event: message_start\n")
+    assert [g.outcome for g in sim.generations] == ["aborted"]

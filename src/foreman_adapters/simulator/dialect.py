@@ -69,11 +69,6 @@ class Translation:
     frames: Callable[[Native], list[bytes]] | None = None
     headers: Sequence[tuple[str, str]] = ()
 
-    @property
-    def stream(self) -> bool:
-        """Whether the client asked for server-sent events."""
-        return self.frames is not None
-
 
 @dataclass(frozen=True)
 class DialectRoute:
