@@ -3,9 +3,17 @@
 It speaks Ollama's native API as `shared/spec/ollama-wire.md` describes it: `GET/HEAD /`,
 `/api/version`, `/api/tags`, `/api/ps`, `/api/show`, `/api/chat`, `/api/generate`,
 `/api/embed`, `/api/embeddings`, `/api/pull`, `/api/push`, `/api/create`, `/api/copy` and
-`DELETE /api/delete`, with Ollama's exact content types, status codes and error texts. Replies
-are deterministic: `sim.reply(model, prompt)` is the text a model answers (for chat, `prompt` is
-the last message's content), so tests can compare content. No /v1 routes.
+`DELETE /api/delete`, `HEAD/POST /api/blobs/sha256:<digest>` (uploads are hashed as they
+stream, only digests and sizes kept), with Ollama's exact content types, status codes and error
+texts. Replies are deterministic: `sim.reply(model, prompt)` is the text a model answers (for
+chat, `prompt` is the last message's content), so tests can compare content.
+
+It speaks Ollama's compatibility layers too, built as Ollama builds them — a middleware in front
+of a native handler (see `dialect.py`), so a dialect request loads, swaps, holds and fails
+exactly as the native one: OpenAI's `/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
+`/v1/embeddings`, `GET /v1/models` and `/v1/models/{model}`, and Anthropic's `/v1/messages`.
+They take no load options and no keep_alive (Ollama maps none), so a dialect request wants its
+model loaded with the defaults.
 
 The GPU (see `gpu.py`): one chat/generate model resident at a time; another model, or the same
 one with other load options (`num_ctx`, …), waits for the GPU to be idle and swaps in after
@@ -25,11 +33,12 @@ streaming liveness, mid-stream breaks or client disconnects, serve on a socket.
 
 Counters: `swaps`, `max_inflight_generate`, `max_inflight_embed`, `inflight_generate`, `held`,
 `aborted` (generations cut short by a client disconnect), `requests` (a Counter by path),
+`blobs` (uploaded blob sizes by Ollama's file name, `sha256-<hex>`),
 `generations` (GenerationRecord: model, requested name, kind, outcome done|aborted|failed,
 prompt, in order) and `completed` (models of the done ones, in order).
 `await sim.wait_for(predicate)` waits for a state (all changes wake it).
 
-Faults (they apply to chat and generate only, except `down`):
+Faults (they apply to chat and generate, and the dialect routes over them, only; `down` to all):
     drop_connections(n)     reset the connection before answering (under ASGITransport the app
                             raises SimulatedReset, a ConnectionResetError)
     fail_next(n, status, body, retry_after=None)     answer an HTTP error instead
@@ -41,7 +50,10 @@ Faults (they apply to chat and generate only, except `down`):
     hold() / release()      chat/generate requests (loads too) wait once their model holds
                             the GPU (in flight, counted in `held`); requests for another
                             model wait for the GPU meanwhile; `await sim.wait_for_held(n)`
-    reset()                 initial models, empty GPU, no faults, counters at zero
+    reset()                 initial models, no blobs, empty GPU, no faults, counters at zero
+Through a dialect route a fault looks as it would through Ollama's writers: an HTTP failure
+becomes the dialect's error object (same status); an in-band error line is read as an empty
+chunk, so the stream just ends, without `[DONE]`, `response.completed` or `message_stop`.
 
 Control API over HTTP (never counted or faulted), answering the stats as JSON:
     GET  /_sim/stats

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from foreman_adapters.simulator import control, library
+from foreman_adapters.simulator import anthropic, blobs, control, library, openai, responses
 from foreman_adapters.simulator.catalog import (
     DEFAULT_MODELS,
     ModelLibrary,
@@ -18,6 +18,7 @@ from foreman_adapters.simulator.catalog import (
     pulled_model,
 )
 from foreman_adapters.simulator.changes import StateChanges
+from foreman_adapters.simulator.dialect import DialectRoute
 from foreman_adapters.simulator.faults import Faults, HttpFailure, MidStreamFailure
 from foreman_adapters.simulator.gpu import SimulatedGpu
 from foreman_adapters.simulator.inference import CHAT, GENERATE, Plan, drop, handle_inference
@@ -59,8 +60,27 @@ ROUTES: Mapping[str, Mapping[str, Handler]] = {
     "/api/create": {"POST": library.create},
     "/api/copy": {"POST": library.copy},
     "/api/delete": {"DELETE": library.delete},
+    "/v1/chat/completions": {"POST": DialectRoute(openai.chat_request, _chat, openai.error_body)},
+    "/v1/completions": {
+        "POST": DialectRoute(openai.completion_request, _generate, openai.error_body)
+    },
+    "/v1/embeddings": {
+        "POST": DialectRoute(openai.embed_request, library.embed, openai.error_body)
+    },
+    "/v1/models": {"GET": DialectRoute(openai.list_request, library.tags, openai.error_body)},
+    "/v1/responses": {"POST": DialectRoute(responses.responses_request, _chat, openai.error_body)},
+    "/v1/messages": {"POST": DialectRoute(anthropic.messages_request, _chat, anthropic.error_body)},
 }
-"""Ollama's native routes the simulator serves; anything else is gin's 404 or 405."""
+"""The routes the simulator serves, as Ollama's route table pairs them: each compatibility route
+is its dialect's middleware in front of a native handler. Anything else is gin's 404 or 405."""
+
+PARAM_ROUTES: Mapping[str, Mapping[str, Handler]] = {
+    openai.MODELS_PREFIX: {
+        "GET": DialectRoute(openai.retrieve_request, library.show, openai.error_body)
+    },
+    blobs.PREFIX: {"HEAD": blobs.head, "POST": blobs.upload},
+}
+"""Routes ending in one path parameter (gin's `:model`, `:digest`): a non-empty last segment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +120,8 @@ class SimulatedOllama:
         self.version = version
         self.changes = StateChanges()
         self.library = ModelLibrary(self._initial)
+        self.blobs: dict[str, int] = {}
+        """Uploaded blobs: their sizes by Ollama's file name (`sha256-<hex>`)."""
         self.gpu = SimulatedGpu(self.changes, load_delay)
         self.faults = Faults()
         self._holding = False
@@ -179,6 +201,7 @@ class SimulatedOllama:
                 "fail_mid_stream": len(self.faults.mid_stream),
                 "down": self.faults.down,
             },
+            "blobs": len(self.blobs),
             "requests": dict(self.requests),
             "generations": [asdict(g) for g in self.generations],
         }
@@ -246,10 +269,12 @@ class SimulatedOllama:
         self.changes.notify()
 
     def reset(self) -> None:
-        """Back to the initial state: models, empty GPU, no faults, no hold, counters at zero."""
+        """Back to the initial state: models, no blobs, empty GPU, no faults, no hold, counters
+        at zero."""
         self.faults.clear()
         self.release()
         self.library = ModelLibrary(self._initial)
+        self.blobs.clear()
         self.gpu.reset()
         self._zero_counters()
 
@@ -309,7 +334,9 @@ class SimulatedOllama:
         if scope["type"] != "http":
             return
         ex = Exchange(scope, receive, send)
-        if not await ex.read_body():
+        # A blob upload streams its body through the hash instead of holding it.
+        streams_body = ex.method == "POST" and ex.path.startswith(blobs.PREFIX)
+        if not streams_body and not await ex.read_body():
             return
         if ex.path.startswith(control.PREFIX):
             await control.handle(self, ex)
@@ -322,7 +349,7 @@ class SimulatedOllama:
         await self._route(ex)
 
     async def _route(self, ex: Exchange) -> None:
-        methods = ROUTES.get(ex.path)
+        methods = ROUTES.get(ex.path) or _param_route(ex.path)
         if methods is None:
             await ex.reply(404, b"404 page not found", TEXT_PLAIN)
             return
@@ -335,6 +362,14 @@ class SimulatedOllama:
         except BadRequest as exc:
             if not ex.started:
                 await ex.reply_error(exc.status, exc.message)
+
+
+def _param_route(path: str) -> Mapping[str, Handler] | None:
+    for prefix, methods in PARAM_ROUTES.items():
+        parameter = path.removeprefix(prefix)
+        if path.startswith(prefix) and parameter and "/" not in parameter:
+            return methods
+    return None
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

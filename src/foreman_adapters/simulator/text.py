@@ -87,6 +87,13 @@ def now_rfc3339() -> str:
     return rfc3339(datetime.now(UTC))
 
 
+def unix_seconds(stamp: str) -> int:
+    """An RFC 3339 timestamp as Go's `time.Time.Unix()`; the current time if it is absent."""
+    if not stamp:
+        return int(time.time())
+    return int(datetime.fromisoformat(stamp).timestamp())
+
+
 def expiry(keep_alive_seconds: float | None, now: float | None = None) -> float | None:
     """When a model kept alive for `keep_alive_seconds` unloads (monotonic); None = never."""
     if keep_alive_seconds is None or keep_alive_seconds < 0:

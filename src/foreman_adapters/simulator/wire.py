@@ -118,11 +118,14 @@ class Exchange:
         """Send Ollama's error shape."""
         await self.reply_json({"error": message}, status)
 
-    async def start_stream(self, content_type: str = NDJSON) -> None:
+    async def start_stream(
+        self, content_type: str = NDJSON, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         """Send the headers of a chunked response (no Content-Length)."""
         self.started = True
-        headers = [(b"content-type", content_type.encode())]
-        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        raw = [(b"content-type", content_type.encode())]
+        raw += [(k.lower().encode(), v.encode()) for k, v in headers]
+        await self.send({"type": "http.response.start", "status": 200, "headers": raw})
 
     async def write_line(self, value: Any) -> None:
         """Send one NDJSON line; each line is flushed as its own chunk."""
@@ -161,7 +164,7 @@ class Exchange:
 _GO_KINDS = {str: "string", bool: "bool", int: "number", float: "number", list: "array"}
 
 
-def _go_kind(value: Any) -> str:
+def go_kind(value: Any) -> str:
     """How Go's decoder names a JSON value's kind in its errors."""
     if isinstance(value, dict):
         return "object"
@@ -169,24 +172,32 @@ def _go_kind(value: Any) -> str:
 
 
 def decode_request(
-    body: bytes, go_type: str, fields: dict[str, type | tuple[type, ...]]
+    body: bytes,
+    go_type: str,
+    fields: dict[str, type | tuple[type, ...]],
+    *,
+    package: str = "api",
+    empty: str = "missing request body",
 ) -> dict[str, Any]:
     """Parse a request body as Ollama does, raising `BadRequest` with Go's wording.
 
-    `fields` lists the fields whose JSON type Ollama's struct constrains (name → Python type).
+    `fields` lists the fields whose JSON type Ollama's struct constrains (name → Python type);
+    `package` qualifies the Go type, and `empty` is the answer to an empty body (the native
+    handlers say "missing request body", the compatibility middlewares pass on Go's "EOF").
     """
     text = body.decode("utf-8", errors="replace")
     if not text.strip():
-        raise BadRequest(400, "missing request body")
+        raise BadRequest(400, empty)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadRequest(400, _go_syntax_error(text, exc.pos)) from None
+        raise BadRequest(400, go_syntax_error(text, exc.pos)) from None
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise BadRequest(
-            400, f"json: cannot unmarshal {_go_kind(value)} into Go value of type api.{go_type}"
+            400,
+            f"json: cannot unmarshal {go_kind(value)} into Go value of type {package}.{go_type}",
         )
     for name, expected in fields.items():
         field_value = value.get(name)
@@ -195,10 +206,10 @@ def decode_request(
         if not isinstance(field_value, expected) or (
             isinstance(field_value, bool) and bool not in _as_tuple(expected)
         ):
-            go_field_type = _go_kind(_example_of(expected))
+            go_field_type = go_kind(_example_of(expected))
             raise BadRequest(
                 400,
-                f"json: cannot unmarshal {_go_kind(field_value)} into Go struct field "
+                f"json: cannot unmarshal {go_kind(field_value)} into Go struct field "
                 f"{go_type}.{name} of type {go_field_type}",
             )
     return value
@@ -213,7 +224,7 @@ def _example_of(expected: type | tuple[type, ...]) -> Any:
     return {str: "", bool: False, int: 0, float: 0.0, list: [], dict: {}}.get(first)
 
 
-def _go_syntax_error(text: str, position: int) -> str:
+def go_syntax_error(text: str, position: int) -> str:
     """Go's decoder message for malformed JSON, near enough: clients only show it."""
     if position >= len(text.rstrip()):
         return "unexpected EOF"
@@ -239,7 +250,7 @@ def parse_keep_alive(value: Any) -> float | None:
     elif isinstance(value, str):
         seconds = _go_duration_seconds(value)
     else:
-        raise BadRequest(400, f"json: cannot unmarshal {_go_kind(value)} into keep_alive")
+        raise BadRequest(400, f"json: cannot unmarshal {go_kind(value)} into keep_alive")
     return None if seconds < 0 else seconds
 
 
