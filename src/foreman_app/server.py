@@ -14,8 +14,6 @@ import uvicorn
 from foreman_app.app import create_app
 from foreman_app.config import ConfigError, Settings, without_credentials
 from foreman_app.container import Container, build_container
-from foreman_app.http_protocol import HeadsWithBodies
-from foreman_app.logs import DeferredAccessLog
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -112,18 +110,18 @@ def configure_logging(level: str) -> None:
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    """How uvicorn serves foreman: the configured address, foreman's logging (the access line
-    a moment after each response starts, ADR 0015), each response head sent with its first
-    body bytes (ADR 0016), a graceful stop bounded by FOREMAN_SHUTDOWN_GRACE."""
+    """How uvicorn serves foreman, with public `uvicorn.Config` options only: the configured
+    address, on httptools; foreman's logging, with uvicorn's access line at `info` and below;
+    a graceful stop bounded by FOREMAN_SHUTDOWN_GRACE."""
     access_log = logging.getLevelNamesMapping()[settings.log_level.upper()] <= logging.INFO
     return uvicorn.Config(
-        DeferredAccessLog(app) if access_log else app,  # type: ignore[arg-type]
+        app,  # type: ignore[arg-type]
         host=settings.listen_host,
         port=settings.listen_port,
         log_level=settings.log_level,
         log_config=None,
-        access_log=False,
-        http=HeadsWithBodies,
+        access_log=access_log,
+        http="httptools",
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace.total_seconds())),
