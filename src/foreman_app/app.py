@@ -18,43 +18,19 @@ from foreman_app.auth import BearerAuth
 from foreman_app.container import Container
 from foreman_app.errors import exception_handlers
 from foreman_app.routes import ROUTES
-from foreman_app.routes.queued import QueuedRoutes
 
 logger = logging.getLogger("foreman.app")
 
 
-class ForemanApp(Litestar):
-    """The Litestar app, with the requests of the queued routes served by their own lane
-    before the router (`QueuedRoutes`, ADR 0016)."""
-
-    def __init__(self, *, queued_routes: QueuedRoutes, **config: Any) -> None:
-        super().__init__(**config)
-        self.queued_routes = queued_routes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        kind = self.queued_routes.kind_of(scope)
-        if kind is None:
-            await super().__call__(scope, receive, send)
-        else:
-            await self.queued_routes(kind, scope, receive, send)
-
-
 def create_app(
     container: Container, extra_routes: list[ControllerRouterHandler] | None = None
-) -> ForemanApp:
+) -> Litestar:
     """The foreman server: every route, wired to the objects of `container`."""
     settings = container.settings()
-    errors = exception_handlers(settings.auth_tokens)
-    return ForemanApp(
-        queued_routes=QueuedRoutes(
-            container.sync_jobs,
-            auth_tokens=settings.auth_tokens,
-            max_body_size=settings.max_body_size,
-            error_handlers=errors,
-        ),
+    return Litestar(
         route_handlers=[*ROUTES, *(extra_routes or [])],
         dependencies=dependencies(container),
-        exception_handlers=errors,
+        exception_handlers=exception_handlers(settings.auth_tokens),
         middleware=[BearerAuth(settings.auth_tokens)] if settings.auth_tokens else [],
         request_max_body_size=settings.max_body_size,
         lifespan=[_lifespan(container)],

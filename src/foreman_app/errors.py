@@ -145,15 +145,6 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
 
 
-def error_response_for(
-    handlers: ExceptionHandlersMap, request: Request[Any, Any, Any], exc: Exception
-) -> Response[Any]:
-    """The response `handlers` give for `exc`, as Litestar picks one: the handler of the
-    exception's nearest class (`exception_handlers` always has one for `Exception`)."""
-    handler = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
-    return handler(request, exc)  # type: ignore[arg-type,return-value]
-
-
 def exception_handlers(auth_tokens: Sequence[str]) -> ExceptionHandlersMap:
     """The app's exception-to-response map; `auth_tokens` guard the 404s of unknown routes."""
     handlers: dict[type[Exception], ErrorHandler] = {

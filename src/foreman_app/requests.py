@@ -1,8 +1,15 @@
-"""Reading Ollama request bodies the way Ollama does: JSON whatever the Content-Type."""
+"""Ollama's chat and generate requests: read the way Ollama reads them, typed for the docs.
+
+A body is JSON whatever its Content-Type (`curl -d` sends a form type), and the bytes go to
+Ollama as the client sent them, fields foreman does not know included. `ollama_request` checks
+only what foreman itself reads, in Ollama's words. The Structs type the fields as Ollama does:
+they describe the queued routes' bodies in the OpenAPI description, and `POST /jobs`
+(`submissions.py`) validates its submissions with them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -41,3 +48,52 @@ def ollama_request(body: bytes) -> dict[str, Any]:
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("options must be an object")
     return fields
+
+
+ModelName = Annotated[str, msgspec.Meta(min_length=1, description="the model, e.g. llama3.2")]
+KeepAlive = str | int | float | None
+Format = str | dict[str, Any] | None
+Think = bool | str | None
+
+
+class ChatMessage(msgspec.Struct):
+    """One message of a chat request, as far as Ollama types it."""
+
+    role: str | None = None
+    content: str | None = None
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+
+class OllamaRequest(msgspec.Struct, kw_only=True):
+    """The fields Ollama's chat and generate requests share. Other fields are Ollama's to
+    judge: foreman passes them on untouched."""
+
+    model: ModelName
+    options: dict[str, Any] | None = None
+    format: Format = None
+    keep_alive: KeepAlive = None
+    think: Think = None
+
+
+class ChatRequest(OllamaRequest, kw_only=True):
+    """The body of `POST /api/chat`."""
+
+    messages: list[ChatMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
+    stream: bool | None = None
+
+
+class GenerateRequest(OllamaRequest, kw_only=True):
+    """The body of `POST /api/generate`."""
+
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
+    context: list[int] | None = None
+    stream: bool | None = None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging.config
+import logging.handlers
 import os
+import queue
 import signal
 import sys
 from collections.abc import Iterator, Mapping
@@ -14,8 +17,6 @@ import uvicorn
 from foreman_app.app import create_app
 from foreman_app.config import ConfigError, Settings, without_credentials
 from foreman_app.container import Container, build_container
-from foreman_app.http_protocol import HeadsWithBodies
-from foreman_app.logs import DeferredAccessLog
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,11 +81,15 @@ def configured_container(environ: Mapping[str, str]) -> Container:
 
 
 def configure_logging(level: str) -> None:
-    """One stderr handler on the root logger at `level`; uvicorn's loggers propagate to it.
+    """Log at `level` to stderr, through a queue: uvicorn's loggers propagate to the root logger.
 
-    What LOG_FORMAT never shows (the caller's file and line, thread, process) is not collected:
-    the logging HOWTO's "Optimization"; a record then costs about half as much to make.
+    A record is made on the event loop and written to stderr by the standard library's
+    `QueueListener` thread (the logging cookbook's "Dealing with handlers that block"): the
+    access line of every request would otherwise be formatted and written while its answer goes
+    out (ADR 0021). What LOG_FORMAT never shows (the caller's file and line, thread, process) is
+    not collected: the logging HOWTO's "Optimization"; a record then costs about half as much.
     """
+    global _listener
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
@@ -93,15 +98,7 @@ def configure_logging(level: str) -> None:
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "formatters": {"plain": {"format": LOG_FORMAT}},
-            "handlers": {
-                "stderr": {
-                    "class": "logging.StreamHandler",
-                    "formatter": "plain",
-                    "stream": "ext://sys.stderr",
-                }
-            },
-            "root": {"handlers": ["stderr"], "level": level.upper()},
+            "root": {"level": level.upper()},
             # httpx logs every request at INFO: the access log already says enough.
             "loggers": {
                 name: {"level": "DEBUG" if level == "debug" else "WARNING"}
@@ -109,21 +106,40 @@ def configure_logging(level: str) -> None:
             },
         }
     )
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter(LOG_FORMAT))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    logging.getLogger().addHandler(logging.handlers.QueueHandler(records))
+    if _listener is not None:
+        _listener.stop()
+    _listener = logging.handlers.QueueListener(records, stderr)
+    _listener.start()
+
+
+_listener: logging.handlers.QueueListener | None = None
+"""The thread that writes log records to stderr, once logging is configured."""
+
+
+@atexit.register
+def _flush_logs() -> None:
+    """Write the records still queued before the process exits."""
+    if _listener is not None:
+        _listener.stop()
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    """How uvicorn serves foreman: the configured address, foreman's logging (the access line
-    a moment after each response starts, ADR 0015), each response head sent with its first
-    body bytes (ADR 0016), a graceful stop bounded by FOREMAN_SHUTDOWN_GRACE."""
+    """How uvicorn serves foreman, with public `uvicorn.Config` options only: the configured
+    address, on httptools; foreman's logging, with uvicorn's access line at `info` and below;
+    a graceful stop bounded by FOREMAN_SHUTDOWN_GRACE."""
     access_log = logging.getLevelNamesMapping()[settings.log_level.upper()] <= logging.INFO
     return uvicorn.Config(
-        DeferredAccessLog(app) if access_log else app,  # type: ignore[arg-type]
+        app,  # type: ignore[arg-type]
         host=settings.listen_host,
         port=settings.listen_port,
         log_level=settings.log_level,
         log_config=None,
-        access_log=False,
-        http=HeadsWithBodies,
+        access_log=access_log,
+        http="httptools",
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace.total_seconds())),

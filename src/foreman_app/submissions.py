@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 
 from foreman_adapters.webhooks import WebhookUrlRefused, validate_webhook_url
-from foreman_app.requests import InvalidRequest, json_object
+from foreman_app.requests import ChatRequest, GenerateRequest, InvalidRequest, json_object
 from foreman_core.job import CHAT, GENERATE
 
 MAX_PRIORITY = 1000
@@ -24,56 +24,24 @@ range buys nothing, while an unbounded integer would not fit SQLite's 64-bit col
 KINDS = (CHAT, GENERATE)
 
 Priority = Annotated[int, msgspec.Meta(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
-ModelName = Annotated[str, msgspec.Meta(min_length=1)]
-KeepAlive = str | int | float | None
-Format = str | dict[str, Any] | None
-Think = bool | str | None
 
 
-class ChatMessage(msgspec.Struct):
-    """One message of a chat request, as far as Ollama types it."""
+class ChatSubmission(ChatRequest, kw_only=True):
+    """`POST /jobs` with an Ollama chat request."""
 
-    role: str | None = None
-    content: str | None = None
-    thinking: str | None = None
-    images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_name: str | None = None
-
-
-class _Submission(msgspec.Struct):
-    """What every submission has: foreman's fields and the Ollama fields chat and generate share.
-
-    Unknown fields are ignored here and kept in the stored payload.
-    """
-
-    model: ModelName
     kind: str = CHAT
     priority: Priority = 0
     state_webhook_url: str | None = None
-    options: dict[str, Any] | None = None
-    format: Format = None
-    keep_alive: KeepAlive = None
-    think: Think = None
+    stream: Any = None  # ignored: the worker sends an async job with `stream: false`
 
 
-class ChatSubmission(_Submission):
-    """`POST /jobs` with an Ollama chat request."""
-
-    messages: list[ChatMessage] | None = None
-    tools: list[dict[str, Any]] | None = None
-
-
-class GenerateSubmission(_Submission):
+class GenerateSubmission(GenerateRequest, kw_only=True):
     """`POST /jobs` with `"kind": "generate"` and an Ollama generate request."""
 
-    prompt: str | None = None
-    suffix: str | None = None
-    system: str | None = None
-    template: str | None = None
-    raw: bool | None = None
-    images: list[str] | None = None
-    context: list[int] | None = None
+    kind: str = GENERATE
+    priority: Priority = 0
+    state_webhook_url: str | None = None
+    stream: Any = None  # ignored, as for a chat
 
 
 Submission = ChatSubmission | GenerateSubmission

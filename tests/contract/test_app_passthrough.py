@@ -25,6 +25,7 @@ from foreman_adapters.simulator import SimulatedOllama, serve_simulator
 from foreman_app.app import create_app
 from foreman_app.config import ConfigError, Settings, parse_duration, parse_size
 from foreman_app.container import Container, build_container, reach_ollama_through
+from foreman_app.sync_jobs import SyncJobs
 
 pytestmark = pytest.mark.anyio
 
@@ -45,6 +46,37 @@ class HeaderRecorder:
             headers = {k.decode(): v.decode() for k, v in scope["headers"]}
             self.headers.setdefault(scope["path"], []).append(headers)
         await self.app(scope, receive, send)
+
+
+class BodyRecorder:
+    """An ASGI wrapper around the simulator that remembers the body of each request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.bodies: dict[str, list[bytes]] = {}
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        parts = []
+        while True:
+            message = await receive()
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        self.bodies.setdefault(scope["path"], []).append(body)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 class EmbedGate:
@@ -746,7 +778,7 @@ def test_the_duration_error_gives_examples() -> None:
     )
 
 
-# -- the queued routes' lane (ADR 0016) ----------------------------------------------------------
+# -- how the queued routes refuse requests, and how they are described ------------------------
 
 QUEUED_PATHS = ["/api/chat", "/api/generate"]
 CHAT_BODY = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
@@ -835,7 +867,10 @@ async def test_queued_routes_answer_other_methods_405_and_a_trailing_slash_alike
 async def test_an_unexpected_exception_in_a_queued_route_is_a_logged_500_json(
     make_app: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    class BrokenSyncJobs:
+    class BrokenSyncJobs(SyncJobs):
+        def __init__(self) -> None:
+            """Nothing to wire: `admit` fails first."""
+
         async def admit(self, *args: Any) -> Any:
             raise RuntimeError("kaboom")
 
@@ -845,3 +880,48 @@ async def test_an_unexpected_exception_in_a_queued_route_is_a_logged_500_json(
     assert (response.status_code, error_of(response)) == (500, "internal error")
     logged = [r.exc_info[1] for r in caplog.records if r.exc_info and r.levelname == "ERROR"]
     assert any(isinstance(exc, RuntimeError) and str(exc) == "kaboom" for exc in logged)
+
+
+@pytest.mark.parametrize(
+    ("path", "own_fields"),
+    [("/api/chat", {"messages", "tools"}), ("/api/generate", {"prompt", "suffix", "raw"})],
+)
+async def test_the_openapi_description_has_the_queued_routes_request_bodies(
+    client: httpx.AsyncClient, path: str, own_fields: set[str]
+) -> None:
+    description = (await client.get("/schema/openapi.json")).json()
+    body = description["paths"][path]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert schema["required"] == ["model"]
+    assert {"model", "stream", "options", "keep_alive", *own_fields} <= set(schema["properties"])
+    assert schema["properties"]["model"] == {
+        "type": "string",
+        "minLength": 1,
+        "description": "the model, e.g. llama3.2",
+    }
+
+
+async def test_the_chat_messages_are_described_field_by_field(client: httpx.AsyncClient) -> None:
+    description = (await client.get("/schema/openapi.json")).json()
+    chat = description["paths"]["/api/chat"]["post"]["requestBody"]["content"]["application/json"]
+    listed, _null = chat["schema"]["properties"]["messages"]["anyOf"]
+    assert {"role", "content", "images", "tool_calls"} <= set(listed["items"]["properties"])
+
+
+async def test_fields_foreman_does_not_know_reach_the_target_byte_for_byte(
+    make_app: Callable[..., Any], sim: SimulatedOllama
+) -> None:
+    recorder = BodyRecorder(sim)
+    body = (
+        b'{"model":"llama3.2", "stream":false,"messages":[{"role":"user","content":"hi"}],'
+        b' "future_field": {"x": [1, 2.50]}}'
+    )
+    async with make_app(target=recorder) as (client, _):
+        response = await client.post(
+            "/api/chat",
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    assert response.status_code == 200, response.text
+    # The worker loads the model first (a chat with no messages), then sends the client's bytes.
+    assert recorder.bodies["/api/chat"][-1] == body

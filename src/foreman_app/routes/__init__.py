@@ -7,13 +7,12 @@ from litestar.types import ControllerRouterHandler
 from foreman_app.routes.health import banner, healthz
 from foreman_app.routes.jobs import JOB_ROUTES
 from foreman_app.routes.ollama_proxy import PROXY_ROUTES
-from foreman_app.routes.queued import chat, generate
+from foreman_app.routes.queued import QUEUED_ROUTES
 
 ROUTES: list[ControllerRouterHandler] = [
     banner,
     healthz,
-    chat,
-    generate,
+    *QUEUED_ROUTES,
     *JOB_ROUTES,
     *PROXY_ROUTES,
 ]
