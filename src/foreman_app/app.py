@@ -41,7 +41,7 @@ def create_app(
 
 def dependencies(container: Container) -> dict[str, Provide]:
     """What handlers may ask for by parameter name, each fed from its container provider."""
-    providers = {
+    providers: dict[str, Callable[[], Any]] = {
         "settings": container.settings,
         "clock": container.clock,
         "ids": container.ids,
@@ -63,7 +63,9 @@ def _provide(provider: Callable[[], Any]) -> Provide:
     return Provide(dependency, sync_to_thread=False)
 
 
-def _lifespan(container: Container) -> Callable[[Litestar], contextlib.AbstractAsyncContextManager]:
+def _lifespan(
+    container: Container,
+) -> Callable[[Litestar], contextlib.AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         settings = container.settings()

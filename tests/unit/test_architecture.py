@@ -22,3 +22,11 @@ def test_ruff_finds_nothing() -> None:
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_mypy_finds_nothing() -> None:
+    """Strict on the core, the default checks on the rest (`[tool.mypy]` in pyproject.toml)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

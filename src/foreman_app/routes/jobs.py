@@ -16,6 +16,7 @@ from litestar.status_codes import (
     HTTP_202_ACCEPTED,
     HTTP_409_CONFLICT,
 )
+from litestar.types import ControllerRouterHandler
 
 from foreman_app.async_jobs import AsyncJobs
 from foreman_app.errors import JSON, error_response
@@ -35,7 +36,9 @@ ALREADY_FINISHED = "job already finished"
 Request_ = Request[Any, Any, Any]
 
 
-def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    value: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response[bytes]:
     """`value` as compact JSON."""
     return Response(
         msgspec.json.encode(value), status_code=status, media_type=JSON, headers=headers or {}
@@ -48,7 +51,7 @@ class JobsController(Controller):
     path = "/jobs"
 
     @post("/", status_code=HTTP_202_ACCEPTED)
-    async def submit(self, request: Request_, jobs: NamedDependency[AsyncJobs]) -> Response:
+    async def submit(self, request: Request_, jobs: NamedDependency[AsyncJobs]) -> Response[bytes]:
         """Queue a chat or generate job; 202 with its id once it is durably stored."""
         body = await request.body()
         submission = parse_submission(body)
@@ -57,7 +60,9 @@ class JobsController(Controller):
         return json_response({"job_id": job.id}, HTTP_202_ACCEPTED, {"Location": f"/jobs/{job.id}"})
 
     @get("/")
-    async def list_jobs(self, request: Request_, jobs: NamedDependency[AsyncJobs]) -> Response:
+    async def list_jobs(
+        self, request: Request_, jobs: NamedDependency[AsyncJobs]
+    ) -> Response[bytes]:
         """Jobs newest first, filtered by `state` and `model`, `limit` per page, `cursor` on."""
         query = request.query_params
         state = _state_filter(query.get("state"))
@@ -74,12 +79,16 @@ class JobsController(Controller):
         return json_response(page)
 
     @get("/{job_id:str}")
-    async def read(self, job_id: FromPath[str], jobs: NamedDependency[AsyncJobs]) -> Response:
+    async def read(
+        self, job_id: FromPath[str], jobs: NamedDependency[AsyncJobs]
+    ) -> Response[bytes]:
         """The job object; 404 when there is no such job."""
         return json_response(jobs.job(job_id))
 
     @delete("/{job_id:str}", status_code=200)
-    async def cancel(self, job_id: FromPath[str], jobs: NamedDependency[AsyncJobs]) -> Response:
+    async def cancel(
+        self, job_id: FromPath[str], jobs: NamedDependency[AsyncJobs]
+    ) -> Response[bytes]:
         """Cancel: a queued job never runs, a running one is aborted; 409 once finished."""
         try:
             return json_response(await jobs.cancel(job_id))
@@ -89,7 +98,7 @@ class JobsController(Controller):
     @get("/{job_id:str}/artifacts/{name:str}")
     async def artifact(
         self, job_id: FromPath[str], name: FromPath[str], jobs: NamedDependency[AsyncJobs]
-    ) -> Response:
+    ) -> Response[bytes]:
         """An artifact's raw bytes with its content type; 404 for an unknown job or name."""
         found = jobs.artifact(job_id, name)
         # As a header, not media_type: Litestar would add a second charset to text types.
@@ -97,7 +106,7 @@ class JobsController(Controller):
 
 
 @get("/queue")
-async def queue(jobs: NamedDependency[AsyncJobs]) -> Response:
+async def queue(jobs: NamedDependency[AsyncJobs]) -> Response[bytes]:
     """What runs now and what waits: resident models, the running job, queued counts."""
     return json_response(jobs.queue())
 
@@ -134,5 +143,5 @@ def _limit(value: str | None) -> int:
     return int(text)
 
 
-JOB_ROUTES = [JobsController, queue]
+JOB_ROUTES: list[ControllerRouterHandler] = [JobsController, queue]
 """Every route of this module, for `create_app`."""
