@@ -3,9 +3,10 @@
 Litestar describes a body from the handler's `data` parameter, which it decodes and validates
 itself. The queued routes cannot let it: their bytes go to Ollama unchanged, as JSON whatever the
 Content-Type, with Ollama's error messages (`requests.py`). Litestar's documented way for such a
-route is its `operation_class`: `documented_body(Struct)` is an `Operation` whose request body is
-the Struct's JSON Schema (msgspec writes it; Litestar's schema types carry it). It costs nothing
-per request: Litestar builds the description once, when it is first asked for.
+route is its `operation_class`: `documented_body(Struct)` is an `Operation` class whose request
+body is the Struct's JSON Schema (msgspec writes it; Litestar's schema types carry it, nested
+Structs inlined, so a Struct must not contain itself). It costs nothing per request: Litestar
+builds the description once, when it is first asked for.
 """
 
 from __future__ import annotations
