@@ -36,7 +36,7 @@ from litestar.status_codes import (
 from litestar.types import ExceptionHandlersMap
 
 from foreman_app.auth import is_authorized
-from foreman_app.requests import InvalidRequest
+from foreman_app.requests import ClientLeft, InvalidRequest
 from foreman_core.errors import (
     ArtifactNotFound,
     IdempotencyConflict,
@@ -140,6 +140,13 @@ def _detail(exc: HTTPException) -> str:
     return detail
 
 
+def _client_left(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    logger.info(
+        "%s %s: the client left before its request was whole", request.method, request.url.path
+    )
+    return error_response(HTTP_400_BAD_REQUEST, "client disconnected")
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
@@ -149,6 +156,7 @@ def exception_handlers(auth_tokens: Sequence[str]) -> ExceptionHandlersMap:
     """The app's exception-to-response map; `auth_tokens` guard the 404s of unknown routes."""
     handlers: dict[type[Exception], ErrorHandler] = {
         InvalidRequest: _status(HTTP_400_BAD_REQUEST),
+        ClientLeft: _client_left,
         ModelNotFound: _status(HTTP_404_NOT_FOUND),
         JobNotFound: _fixed(HTTP_404_NOT_FOUND, "job not found"),
         ArtifactNotFound: _fixed(HTTP_404_NOT_FOUND, "artifact not found"),

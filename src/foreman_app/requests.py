@@ -12,10 +12,25 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+from litestar import Request
+from litestar.exceptions import InternalServerException
 
 
 class InvalidRequest(ValueError):
     """A request body foreman cannot accept; the message is the client's 400 error."""
+
+
+class ClientLeft(Exception):
+    """The client disconnected before it had sent its whole request: nobody to answer."""
+
+
+async def request_body(request: Request[Any, Any, Any]) -> bytes:
+    """The request's whole body; `ClientLeft` if the client goes away first (Litestar reports
+    that as a 500, which would log an error for what is no fault of foreman's)."""
+    try:
+        return await request.body()
+    except InternalServerException as exc:
+        raise ClientLeft(exc.detail) from None
 
 
 def json_object(body: bytes) -> dict[str, Any]:

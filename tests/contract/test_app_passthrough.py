@@ -925,3 +925,43 @@ async def test_fields_foreman_does_not_know_reach_the_target_byte_for_byte(
     assert response.status_code == 200, response.text
     # The worker loads the model first (a chat with no messages), then sends the client's bytes.
     assert recorder.bodies["/api/chat"][-1] == body
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/jobs"])
+async def test_a_client_that_leaves_mid_body_stores_nothing_and_logs_no_error(
+    sim: SimulatedOllama, tmp_path: Path, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    container = build_container(Settings.from_env({"FOREMAN_DB_PATH": str(tmp_path / "f.db")}))
+    reach_ollama_through(container, httpx.ASGITransport(app=sim))
+    app = create_app(container)
+    arriving: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"model": "llama3.2", "mess', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return arriving.pop(0) if arriving else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"foreman"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("foreman", 80),
+    }
+    async with app.lifespan():
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert container.store().list(limit=10).jobs == []
+    assert sent[0]["status"] == 400
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []

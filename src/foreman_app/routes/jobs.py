@@ -20,7 +20,7 @@ from litestar.types import ControllerRouterHandler
 
 from foreman_app.async_jobs import AsyncJobs
 from foreman_app.errors import JSON, error_response
-from foreman_app.requests import InvalidRequest
+from foreman_app.requests import InvalidRequest, request_body
 from foreman_app.submissions import parse_submission
 from foreman_core.errors import InvalidTransition
 from foreman_core.job import JobState
@@ -53,7 +53,7 @@ class JobsController(Controller):
     @post("/", status_code=HTTP_202_ACCEPTED)
     async def submit(self, request: Request_, jobs: NamedDependency[AsyncJobs]) -> Response[bytes]:
         """Queue a chat or generate job; 202 with its id once it is durably stored."""
-        body = await request.body()
+        body = await request_body(request)
         submission = parse_submission(body)
         key = idempotency_key(request)
         job = await jobs.submit(submission, body, key)

@@ -26,7 +26,7 @@ from litestar.types import Receive
 
 from foreman_app.live import LiveResponse, ResponseFailed
 from foreman_app.openapi import documented_body
-from foreman_app.requests import ChatRequest, GenerateRequest, ollama_request
+from foreman_app.requests import ChatRequest, GenerateRequest, ollama_request, request_body
 from foreman_app.sync_jobs import SyncJobs
 from foreman_core.job import CHAT, GENERATE
 from foreman_core.worker import Worker
@@ -61,7 +61,7 @@ class QueuedInferenceController(Controller):
 async def answer(kind: str, request: Request_, sync_jobs: SyncJobs) -> Response[Any]:
     """Admit the request's body as a sync job of `kind` and answer with the target's response:
     whole for `stream: false` or a failure before the body, else a stream, with the job's id."""
-    body = await request.body()
+    body = await request_body(request)
     fields = ollama_request(body)
     job, live = await sync_jobs.admit(kind, body, fields)
     worker = sync_jobs.worker
