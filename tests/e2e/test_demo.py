@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from e2e_processes import START_TIMEOUT, STOP_TIMEOUT, clean_environment, free_port, wait_until
+from e2e_processes import (
+    LOCAL,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    clean_environment,
+    free_port,
+    wait_until,
+)
 
 from foreman_app.client import JobView
 from foreman_app.demo import (
@@ -69,7 +76,7 @@ class DemoProcess:
         def healthy() -> bool:
             self.alive()
             try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                return LOCAL.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 

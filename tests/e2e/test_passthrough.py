@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from e2e_processes import ForemanServer, SimulatorProcess, free_port, wait_until
+from e2e_processes import LOCAL, ForemanServer, SimulatorProcess, free_port, wait_until
 from langchain_ollama import OllamaEmbeddings
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +122,7 @@ def test_target_down_means_degraded_while_tags_are_still_served(
     simulator.stop()
 
     def degraded() -> bool:
-        return httpx.get(f"{server.url}/healthz").json()["degraded"] is True
+        return LOCAL.get(f"{server.url}/healthz").json()["degraded"] is True
 
     wait_until(degraded, 10, "foreman to notice the target is down")
     assert "llama3.2:latest" in [model.model for model in client.list().models]

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_processes import START_TIMEOUT, STOP_TIMEOUT, clean_environment, free_port, wait_until
+from e2e_processes import (
+    LOCAL,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    clean_environment,
+    free_port,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_TIMEOUT = 600
@@ -113,7 +120,7 @@ def _demo_starts_and_stops(copy: Path) -> None:
         def healthy() -> bool:
             assert demo.poll() is None, (copy / "demo.log").read_text()
             try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                return LOCAL.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 
