@@ -16,6 +16,7 @@ SCOPE = {
     "type": "http",
     "method": "POST",
     "path": "/api/chat",
+    "raw_path": b"/api/chat",  # uvicorn sets it on every request, and its log line reads it
     "query_string": b"x=1",
     "root_path": "",
     "http_version": "1.1",
