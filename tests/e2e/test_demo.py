@@ -119,6 +119,7 @@ def start_demo(tmp_path: Path) -> Iterator[Callable[[Mapping[str, str]], DemoPro
             demo.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_demo_serves_the_official_ollama_client_and_stops_cleanly_on_ctrl_c(
     start_demo: Callable[[Mapping[str, str]], DemoProcess], foreman_cli: RunCli

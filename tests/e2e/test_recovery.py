@@ -80,6 +80,7 @@ def test_an_async_job_interrupted_by_kill_9_completes_after_a_restart(
     assert outcomes(simulator, "survivor") == ["aborted", "done"]
 
 
+@pytest.mark.slow
 def test_async_jobs_survive_repeated_kills_and_none_completes_twice(
     foreman_server: StartServer, simulator: SimulatorProcess
 ) -> None:
