@@ -161,6 +161,7 @@ def check_stored(client: TestClient, container: Container, job_id: str) -> None:
     assert json.loads(load_body(stored))["model"] == payload["model"]
 
 
+@pytest.mark.slow
 def test_no_body_makes_a_5xx_or_a_broken_job(app_client: tuple[TestClient, Container]) -> None:
     client, container = app_client
     accepted: list[str] = []

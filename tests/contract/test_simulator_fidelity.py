@@ -323,6 +323,25 @@ async def test_hold_keeps_requests_in_flight_until_release(
     assert sim.max_inflight_generate == 2 and len(sim.completed) == 2
 
 
+async def test_release_with_a_count_lets_that_many_through_and_goes_on_holding(
+    http: httpx.AsyncClient, sim: SimulatedOllama
+) -> None:
+    sim.hold()
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(post_chat, http, "llama3.2")
+        await sim.wait_for_held(3)
+        released = await http.post("/_sim/release", json={"count": 2})
+        assert released.status_code == 200
+        await sim.wait_for(lambda: len(sim.completed) == 2 and sim.held == 1)
+        group.start_soon(post_chat, http, "llama3.2")
+        await sim.wait_for_held(2)  # the hold goes on: a newcomer waits too
+        sim.release(count=1)
+        await sim.wait_for(lambda: len(sim.completed) == 3 and sim.held == 1)
+        sim.release()
+    assert len(sim.completed) == 4 and sim.held == 0
+
+
 async def test_a_different_model_waits_for_the_gpu_to_be_idle(
     http: httpx.AsyncClient, sim: SimulatedOllama
 ) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -391,5 +392,5 @@ class SqliteStoreMachine(StoreMachine):
 
 TestInMemoryStoreMachine = InMemoryStoreMachine.TestCase
 TestInMemoryStoreMachine.settings = MACHINE_SETTINGS
-TestSqliteStoreMachine = SqliteStoreMachine.TestCase
+TestSqliteStoreMachine = pytest.mark.slow(SqliteStoreMachine.TestCase)
 TestSqliteStoreMachine.settings = MACHINE_SETTINGS

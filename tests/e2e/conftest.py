@@ -9,6 +9,11 @@
   `.url`, `.env`, `.db_path`, `.auth_headers`, `.stop(sig=SIGTERM)` (returns the exit status),
   `.kill()` (SIGKILL), `.restart()` (same port, same database), `.log()`. Every server is
   stopped after the test.
+- `shared_server`: one simulator and `foreman serve` pair with default settings for the whole
+  run of an xdist worker, for tests that leave both as they found them: they use prompts, job
+  ids and model names of their own, never hold, configure, fault or reset the simulator, and
+  never assert on what other tests change (job listings, the simulator's log, the resident
+  model). Every test that uses it runs on one worker (an `xdist_group`), so the pair starts once.
 - `foreman_cli`: runs `python -m foreman_app ARGS...` to completion with a clean FOREMAN_*
   environment plus `env`, and returns the CompletedProcess.
 
@@ -62,6 +67,41 @@ def foreman_server(
         for server in servers:
             if server.running:
                 server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForemanServer]:
+    """A simulator and `foreman serve` pair shared by well-behaved tests (see above)."""
+    directory = tmp_path_factory.mktemp("shared")
+    simulator = SimulatorProcess(directory / "simulator.log")
+    server = ForemanServer(
+        {
+            "FOREMAN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+            "FOREMAN_OLLAMA_URL": simulator.url,
+            "FOREMAN_DB_PATH": str(directory / "foreman.db"),
+            "FOREMAN_SHUTDOWN_GRACE": "5s",
+        },
+        directory / "foreman.log",
+    )
+    try:
+        yield server.start()
+    finally:
+        if server.running:
+            server.stop()
+        simulator.kill()
+
+
+SHARED_FIXTURES = ("shared_server", "untouched")
+"""Fixtures that share processes between tests; each one's tests form an xdist group."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests of each shared fixture on one xdist worker (under `--dist loadgroup`)."""
+    for item in items:
+        for name in SHARED_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ FOREMAN_* or OLLAMA_* variables.
 
 from __future__ import annotations
 
+import itertools
 import os
 import selectors
 import signal
@@ -24,12 +25,34 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
 FAST_SIMULATOR = ("--load-delay", "0", "--ttft", "0", "--token-delay", "0", "--tokens", "8")
 
+LOCAL = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
+"""One client for the helpers' many short requests to local processes. `httpx.get()` makes a
+client per call, and a client costs ~30 ms of CPU (its TLS context): polls at 50 Hz would keep
+a core busy. Without keep-alive, a killed and restarted server never meets a stale connection."""
+
+
+PORTS_PER_WORKER = 500
+_next_ports = itertools.count()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Each pytest-xdist worker takes ports from a range of its own, below the kernel's ephemeral
+    ports: parallel workers never hand out the same port, and no outgoing connection (nor a
+    simulator bound to port 0) can take one between this check and the server's bind.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = 20_000 + int(worker) * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = first + next(_next_ports) % PORTS_PER_WORKER
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something else uses it, or a closed server's port lingers
+            return port
+    raise AssertionError(f"no free port in {first}..{first + PORTS_PER_WORKER - 1}")
 
 
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -97,13 +120,13 @@ class SimulatorProcess:
 
     def control(self, action: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """POST /_sim/<action>; the simulator's stats after it."""
-        response = httpx.post(f"{self.url}/_sim/{action}", json=dict(payload or {}), timeout=10)
+        response = LOCAL.post(f"{self.url}/_sim/{action}", json=dict(payload or {}))
         response.raise_for_status()
         return response.json()
 
     def stats(self) -> dict[str, Any]:
         """GET /_sim/stats: counters, resident models, faults."""
-        response = httpx.get(f"{self.url}/_sim/stats", timeout=10)
+        response = LOCAL.get(f"{self.url}/_sim/stats")
         response.raise_for_status()
         return response.json()
 
@@ -119,9 +142,9 @@ class SimulatorProcess:
         """Make chat/generate requests wait at the target until `release()`."""
         return self.control("hold")
 
-    def release(self) -> dict[str, Any]:
-        """Let held requests go on."""
-        return self.control("release")
+    def release(self, count: int | None = None) -> dict[str, Any]:
+        """Let held requests go on; with `count`, only that many more, and go on holding."""
+        return self.control("release", {} if count is None else {"count": count})
 
     def reset(self) -> dict[str, Any]:
         """Initial models, no faults, counters at zero."""
@@ -190,7 +213,7 @@ class ForemanServer:
                 f"foreman exited with {self.process.returncode} while starting:\n{self.log()}"
             )
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            return LOCAL.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
@@ -232,20 +255,20 @@ class JobsApi:
 
     def submit(self, body: Mapping[str, Any]) -> str:
         """POST /jobs; the new job's id (fails the test unless the answer is 202)."""
-        response = httpx.post(f"{self.url}/jobs", json=dict(body), headers=self.headers, timeout=10)
+        response = LOCAL.post(f"{self.url}/jobs", json=dict(body), headers=self.headers)
         assert response.status_code == 202, response.text
         return response.json()["job_id"]
 
     def get(self, job_id: str) -> dict[str, Any]:
         """GET /jobs/{id}: the job object."""
-        response = httpx.get(f"{self.url}/jobs/{job_id}", headers=self.headers, timeout=10)
+        response = LOCAL.get(f"{self.url}/jobs/{job_id}", headers=self.headers)
         response.raise_for_status()
         return response.json()
 
     def list(self, state: str | None = None) -> list[dict[str, Any]]:
         """GET /jobs (newest first), optionally in one state; the first 1000."""
         params = {"limit": "1000", **({"state": state} if state else {})}
-        response = httpx.get(f"{self.url}/jobs", params=params, headers=self.headers, timeout=10)
+        response = LOCAL.get(f"{self.url}/jobs", params=params, headers=self.headers)
         response.raise_for_status()
         return response.json()["jobs"]
 

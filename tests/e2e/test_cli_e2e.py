@@ -31,19 +31,18 @@ def server(foreman_server: Callable[..., ForemanServer]) -> ForemanServer:
     return foreman_server()
 
 
-def test_submit_wait_prints_the_completion(server: ForemanServer, foreman_cli: Cli) -> None:
+def test_submit_wait_prints_the_completion(shared_server: ForemanServer, foreman_cli: Cli) -> None:
     run = foreman_cli(
-        "submit", "-m", "llama3.2", "--wait", "hello", env={"FOREMAN_URL": server.url}
+        "submit", "-m", "llama3.2", "--wait", "hello", env={"FOREMAN_URL": shared_server.url}
     )
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == EXPECTED.reply("llama3.2", "hello", 8)
 
 
-def test_submit_reads_the_prompt_from_stdin(server: ForemanServer, foreman_cli: Cli) -> None:
-    run = foreman_cli(
-        "submit", "-m", "gemma3:1b", "--wait", "-", env={"FOREMAN_URL": server.url}, input="piped"
-    )
+def test_submit_reads_the_prompt_from_stdin(shared_server: ForemanServer, foreman_cli: Cli) -> None:
+    env = {"FOREMAN_URL": shared_server.url}
+    run = foreman_cli("submit", "-m", "gemma3:1b", "--wait", "-", env=env, input="piped")
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == EXPECTED.reply("gemma3:1b", "piped", 8)
@@ -110,8 +109,10 @@ def test_an_unreachable_server_is_one_line_and_exit_1(foreman_cli: Cli) -> None:
     assert "cannot reach foreman" in one_line_error(run)
 
 
-def test_a_bad_argument_is_one_line_and_exit_2(server: ForemanServer, foreman_cli: Cli) -> None:
-    run = foreman_cli("submit", "no model given", env={"FOREMAN_URL": server.url})
+def test_a_bad_argument_is_one_line_and_exit_2(
+    shared_server: ForemanServer, foreman_cli: Cli
+) -> None:
+    run = foreman_cli("submit", "no model given", env={"FOREMAN_URL": shared_server.url})
 
     assert run.returncode == 2
     assert "--model" in one_line_error(run) or "-m" in one_line_error(run)

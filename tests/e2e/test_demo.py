@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from e2e_processes import START_TIMEOUT, STOP_TIMEOUT, clean_environment, free_port, wait_until
+from e2e_processes import (
+    LOCAL,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    clean_environment,
+    free_port,
+    wait_until,
+)
 
 from foreman_app.client import JobView
 from foreman_app.demo import (
@@ -69,7 +76,7 @@ class DemoProcess:
         def healthy() -> bool:
             self.alive()
             try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                return LOCAL.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -112,6 +119,7 @@ def start_demo(tmp_path: Path) -> Iterator[Callable[[Mapping[str, str]], DemoPro
             demo.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_demo_serves_the_official_ollama_client_and_stops_cleanly_on_ctrl_c(
     start_demo: Callable[[Mapping[str, str]], DemoProcess], foreman_cli: RunCli

@@ -48,6 +48,13 @@ def http(foreman_server: StartServer) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture
+def shared_http(shared_server: ForemanServer) -> Iterator[httpx.Client]:
+    """A client of the server that tests share (conftest's `shared_server`)."""
+    with httpx.Client(base_url=shared_server.url, timeout=30) as client:
+        yield client
+
+
 @pytest.fixture(scope="module")
 def untouched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """One server for the whole module, for requests that must leave no job behind."""
@@ -112,9 +119,9 @@ def warm(http: httpx.Client, model: str = "llama3.2") -> None:
 # -- running jobs --------------------------------------------------------------------------------
 
 
-def test_a_chat_job_runs_to_done_with_the_targets_answer(http: httpx.Client) -> None:
-    job_id = submit(http, chat("llama3.2", "Why is the sky blue?", stream=True))
-    done = wait_for_state(http, job_id, "done", "failed")
+def test_a_chat_job_runs_to_done_with_the_targets_answer(shared_http: httpx.Client) -> None:
+    job_id = submit(shared_http, chat("llama3.2", "Why is the sky blue?", stream=True))
+    done = wait_for_state(shared_http, job_id, "done", "failed")
     expected = EXPECTED.reply("llama3.2", "Why is the sky blue?")
     assert done["state"] == "done", done
     assert (done["job_id"], done["kind"], done["model"]) == (job_id, "chat", "llama3.2:latest")
@@ -138,20 +145,20 @@ def test_a_chat_job_runs_to_done_with_the_targets_answer(http: httpx.Client) -> 
             "data": expected,
         }
     ]
-    raw = http.get(f"/jobs/{job_id}/artifacts/completion")
+    raw = shared_http.get(f"/jobs/{job_id}/artifacts/completion")
     assert raw.status_code == 200
     assert raw.headers["content-type"] == "text/plain; charset=utf-8"
     assert raw.text == expected
 
 
-def test_generate_jobs_and_a_thinking_model_keep_their_thinking(http: httpx.Client) -> None:
-    plain = submit(http, {"kind": "generate", "model": "qwen2.5:0.5b", "prompt": "Count."})
-    thinker = submit(http, {"kind": "generate", "model": "qwen3:0.6b", "prompt": "Think."})
-    done = wait_for_state(http, plain, "done", "failed")
+def test_generate_jobs_and_a_thinking_model_keep_their_thinking(shared_http: httpx.Client) -> None:
+    plain = submit(shared_http, {"kind": "generate", "model": "qwen2.5:0.5b", "prompt": "Count."})
+    thinker = submit(shared_http, {"kind": "generate", "model": "qwen3:0.6b", "prompt": "Think."})
+    done = wait_for_state(shared_http, plain, "done", "failed")
     assert (done["state"], done["kind"]) == ("done", "generate")
     assert done["result"]["response"] == EXPECTED.reply("qwen2.5:0.5b", "Count.")
     assert [a["name"] for a in done["artifacts"]] == ["completion"]
-    thought = wait_for_state(http, thinker, "done", "failed")
+    thought = wait_for_state(shared_http, thinker, "done", "failed")
     artifacts = {a["name"]: a["data"] for a in thought["artifacts"]}
     assert artifacts == {
         "completion": EXPECTED.reply("qwen3:0.6b", "Think."),
@@ -369,16 +376,16 @@ def test_bad_submissions_are_400_naming_the_field(
     assert untouched.get("/jobs").json()["jobs"] == []
 
 
-def test_not_found_errors(http: httpx.Client) -> None:
-    unknown_model = http.post("/jobs", json=chat("nope", "hi"))
+def test_not_found_errors(shared_http: httpx.Client) -> None:
+    unknown_model = shared_http.post("/jobs", json=chat("nope", "hi"))
     assert (unknown_model.status_code, error_of(unknown_model)) == (404, "model 'nope' not found")
     missing = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-    for response in (http.get(f"/jobs/{missing}"), http.delete(f"/jobs/{missing}")):
+    for response in (shared_http.get(f"/jobs/{missing}"), shared_http.delete(f"/jobs/{missing}")):
         assert (response.status_code, error_of(response)) == (404, "job not found")
-    no_job = http.get(f"/jobs/{missing}/artifacts/completion")
+    no_job = shared_http.get(f"/jobs/{missing}/artifacts/completion")
     assert (no_job.status_code, error_of(no_job)) == (404, "job not found")
-    done = wait_for_state(http, submit(http, chat("llama3.2", "hi")), "done")
-    no_artifact = http.get(f"/jobs/{done['job_id']}/artifacts/thinking")
+    done = wait_for_state(shared_http, submit(shared_http, chat("llama3.2", "hi")), "done")
+    no_artifact = shared_http.get(f"/jobs/{done['job_id']}/artifacts/thinking")
     assert (no_artifact.status_code, error_of(no_artifact)) == (404, "artifact not found")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from e2e_processes import ForemanServer, SimulatorProcess, free_port, wait_until
+from e2e_processes import LOCAL, ForemanServer, SimulatorProcess, free_port, wait_until
 from langchain_ollama import OllamaEmbeddings
 
 pytestmark = pytest.mark.e2e
@@ -39,8 +39,8 @@ def test_ollama_client_lists_shows_and_reports_loaded_models(
     assert httpx.get(f"{server.url}/api/version").json() == {"version": "0.12.6"}
 
 
-def test_embeddings_through_ollama_and_langchain(foreman_server: StartServer) -> None:
-    server = foreman_server()
+def test_embeddings_through_ollama_and_langchain(shared_server: ForemanServer) -> None:
+    server = shared_server
     client = ollama.Client(host=server.url)
     embedded = client.embed(model="all-minilm", input=["first", "second"])
     assert [len(vector) for vector in embedded.embeddings] == [EMBEDDING_LENGTH] * 2
@@ -52,8 +52,8 @@ def test_embeddings_through_ollama_and_langchain(foreman_server: StartServer) ->
     assert langchain.embed_query("second") == pytest.approx(list(embedded.embeddings[1]))
 
 
-def test_unknown_models_get_ollamas_own_404(foreman_server: StartServer) -> None:
-    client = ollama.Client(host=foreman_server().url)
+def test_unknown_models_get_ollamas_own_404(shared_server: ForemanServer) -> None:
+    client = ollama.Client(host=shared_server.url)
     with pytest.raises(ollama.ResponseError) as shown:
         client.show("nope")
     assert (shown.value.status_code, shown.value.error) == (404, "model 'nope' not found")
@@ -63,8 +63,8 @@ def test_unknown_models_get_ollamas_own_404(foreman_server: StartServer) -> None
     assert embedded.value.error == 'model "nope" not found, try pulling it first'
 
 
-def test_pull_streams_progress_and_the_model_is_listed_after(foreman_server: StartServer) -> None:
-    client = ollama.Client(host=foreman_server().url)
+def test_pull_streams_progress_and_the_model_is_listed_after(shared_server: ForemanServer) -> None:
+    client = ollama.Client(host=shared_server.url)
     statuses = [progress.status for progress in client.pull("phi3", stream=True)]
     assert statuses[-1] == "success"
     assert len(statuses) > 1
@@ -122,7 +122,7 @@ def test_target_down_means_degraded_while_tags_are_still_served(
     simulator.stop()
 
     def degraded() -> bool:
-        return httpx.get(f"{server.url}/healthz").json()["degraded"] is True
+        return LOCAL.get(f"{server.url}/healthz").json()["degraded"] is True
 
     wait_until(degraded, 10, "foreman to notice the target is down")
     assert "llama3.2:latest" in [model.model for model in client.list().models]

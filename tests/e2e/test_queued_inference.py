@@ -36,6 +36,9 @@ LLAMA, QWEN, GEMMA = "llama3.2", "qwen2.5:0.5b", "gemma3:1b"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 JOB_ID = "X-Foreman-Job-Id"
 TIMEOUT = 30.0
+SLOW_TOKEN = 20.0
+"""Seconds per token for generations a client leaves: far longer than leaving takes, however
+busy the machine, so the generation is surely still running (the disconnect cuts it short)."""
 
 
 def reply(model: str, prompt: str, tokens: int = TOKENS) -> str:
@@ -87,9 +90,9 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 
 def test_ollama_client_chats_and_generates_streamed_and_whole(
-    foreman_server: StartServer,
+    shared_server: ForemanServer,
 ) -> None:
-    client = ollama.Client(host=foreman_server().url, timeout=TIMEOUT)
+    client = ollama.Client(host=shared_server.url, timeout=TIMEOUT)
 
     whole = client.chat(model=LLAMA, messages=[user("whole chat")], stream=False)
     assert whole.message.content == reply(LLAMA, "whole chat")
@@ -108,8 +111,8 @@ def test_ollama_client_chats_and_generates_streamed_and_whole(
     assert [piece.done for piece in pieces] == [False] * TOKENS + [True]
 
 
-def test_langchain_chat_ollama_invokes_and_streams(foreman_server: StartServer) -> None:
-    llm = ChatOllama(model=LLAMA, base_url=foreman_server().url)
+def test_langchain_chat_ollama_invokes_and_streams(shared_server: ForemanServer) -> None:
+    llm = ChatOllama(model=LLAMA, base_url=shared_server.url)
     assert llm.invoke("invoked").content == reply(LLAMA, "invoked")
     streamed = "".join(str(chunk.content) for chunk in llm.stream("streamed"))
     assert streamed == reply(LLAMA, "streamed")
@@ -194,6 +197,7 @@ def test_a_job_waiting_past_max_wait_goes_before_the_resident_models_work(
 # -- retries and target errors -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # retries back off 1 s, then 2 s, twice over
 def test_dropped_connections_are_retried_until_the_job_succeeds(
     foreman_server: StartServer, simulator: SimulatorProcess
 ) -> None:
@@ -358,7 +362,7 @@ def test_a_client_that_leaves_mid_stream_aborts_the_upstream_request(
 ) -> None:
     server = foreman_server()
     jobs = JobsApi(server.url)
-    simulator.configure(token_delay=0.3, tokens=6)
+    simulator.configure(token_delay=SLOW_TOKEN, tokens=6)  # the client leaves long before the end
     with httpx.stream(
         "POST", f"{server.url}/api/chat", json=chat_body(LLAMA, "left"), timeout=TIMEOUT
     ) as response:
@@ -368,6 +372,7 @@ def test_a_client_that_leaves_mid_stream_aborts_the_upstream_request(
     simulator.wait_for(lambda stats: stats["aborted"] == 1)
     assert jobs.wait_for_state(job_id)["state"] == "cancelled"
     assert generations(simulator) == [("left", "aborted")]
+    simulator.configure(token_delay=0)
     assert sync_chat(server.url, LLAMA, "next") == reply(LLAMA, "next", 6)
 
 
@@ -377,7 +382,7 @@ def test_a_client_that_leaves_a_whole_reply_mid_generation_aborts_the_upstream_r
     server = foreman_server()
     jobs = JobsApi(server.url)
     assert sync_chat(server.url, LLAMA, "warm") == reply(LLAMA, "warm")
-    simulator.configure(token_delay=0.3, tokens=6)
+    simulator.configure(token_delay=SLOW_TOKEN, tokens=6)  # the client leaves long before the end
     address = urlsplit(server.url)
     body = chat_body(LLAMA, "left whole", stream=False)
     with socket.create_connection((address.hostname, address.port), timeout=TIMEOUT) as client:
@@ -423,9 +428,9 @@ def test_a_full_queue_answers_503_with_ollamas_text_and_retry_after(
 
 
 def test_responses_carry_the_job_id_and_the_model_as_the_client_sent_it(
-    foreman_server: StartServer,
+    shared_server: ForemanServer,
 ) -> None:
-    server = foreman_server()
+    server = shared_server
     jobs = JobsApi(server.url)
     for model, stream in ((LLAMA, True), (f"{LLAMA}:latest", False)):
         response = httpx.post(

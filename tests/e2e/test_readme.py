@@ -1,9 +1,9 @@
-"""The README's two commands stay true: they come first, CI runs the second verbatim, and both
-work in a fresh virtual environment made from a clean copy of the repository.
+"""The README's two commands stay true: they come first, the first works in a fresh virtual
+environment made from a clean copy of the repository, and CI runs the second verbatim.
 
 The install command ends in `foreman demo`, which runs until stopped: here it is started, asked
-for its health and stopped with Ctrl-C. The test command ends in `pytest`, which would run this
-test again: here everything before it runs, and pytest only collects the suite.
+for its health and stopped with Ctrl-C. The test command is not run here: it ends in `pytest`,
+which would run this test again, and `.ci/run` runs exactly that line from a clean clone.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_processes import START_TIMEOUT, STOP_TIMEOUT, clean_environment, free_port, wait_until
+from e2e_processes import (
+    LOCAL,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    clean_environment,
+    free_port,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_TIMEOUT = 600
@@ -66,8 +73,9 @@ def test_the_configuration_table_lists_every_variable_foreman_reads() -> None:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_the_readme_commands_work_in_a_fresh_venv_from_a_clean_copy(tmp_path: Path) -> None:
-    install, test = readme_commands()
+@pytest.mark.timeout(STEP_TIMEOUT + 300)
+def test_the_install_command_works_in_a_fresh_venv_from_a_clean_copy(tmp_path: Path) -> None:
+    install, _ = readme_commands()
     copy = clean_copy(ROOT, tmp_path / "foreman")
 
     _shell(" && ".join(steps(install)[:-1]), copy)
@@ -78,10 +86,6 @@ def test_the_readme_commands_work_in_a_fresh_venv_from_a_clean_copy(tmp_path: Pa
     shown = _run([".venv/bin/foreman", "--help"], copy)
     assert "demo" in shown.stdout
     _demo_starts_and_stops(copy)
-
-    _shell(" && ".join(steps(test)[:-1]), copy)
-    collected = _run([".venv/bin/pytest", "--collect-only", "-q"], copy)
-    assert re.search(r"^\d+ tests collected", collected.stdout, re.MULTILINE), collected.stdout
 
 
 def clean_copy(root: Path, destination: Path) -> Path:
@@ -113,7 +117,7 @@ def _demo_starts_and_stops(copy: Path) -> None:
         def healthy() -> bool:
             assert demo.poll() is None, (copy / "demo.log").read_text()
             try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                return LOCAL.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 

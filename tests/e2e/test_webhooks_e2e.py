@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_processes import ForemanServer, wait_until
+from e2e_processes import LOCAL, ForemanServer, wait_until
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from foreman_core.signing import verify_signature
@@ -119,7 +119,7 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
 
 def submit(server: ForemanServer, prompt: str, webhook: str) -> str:
     """Queue a chat job that reports to `webhook`; its id."""
-    response = httpx.post(
+    response = LOCAL.post(
         f"{server.url}/jobs",
         json={
             "model": "llama3.2",
@@ -135,7 +135,7 @@ def wait_until_done(server: ForemanServer, job_id: str) -> dict[str, Any]:
     """Poll the job until it has finished; the job object."""
 
     def finished() -> dict[str, Any] | None:
-        job = httpx.get(f"{server.url}/jobs/{job_id}").json()
+        job = LOCAL.get(f"{server.url}/jobs/{job_id}").json()
         return job if job["state"] in ("done", "failed", "cancelled") else None
 
     return wait_until(finished, WAIT, f"job {job_id} to finish")

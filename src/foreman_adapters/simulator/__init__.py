@@ -49,7 +49,9 @@ Faults (they apply to chat and generate, and the dialect routes over them, only;
     down() / up()           every Ollama route resets its connection (ASGI: SimulatedRefusal)
     hold() / release()      chat/generate requests (loads too) wait once their model holds
                             the GPU (in flight, counted in `held`); requests for another
-                            model wait for the GPU meanwhile; `await sim.wait_for_held(n)`
+                            model wait for the GPU meanwhile; `await sim.wait_for_held(n)`;
+                            `release(count=n)` lets only n more requests pass (`passes` in
+                            the stats counts those left) and goes on holding
     reset()                 initial models, no blobs, empty GPU, no faults, counters at zero
 Through a dialect route a fault looks as it would through Ollama's writers: an HTTP failure
 becomes the dialect's error object (same status); an in-band error line is read as an empty
@@ -61,7 +63,7 @@ Control API over HTTP (never counted or faulted), answering the stats as JSON:
                           "fail_next": {"count": n, "status": 503, "body": "…", "retry_after": 2},
                           "fail_mid_stream": {"count": n, "after_chunks": 1, "error": null},
                           "down": true|false}
-    POST /_sim/hold, /_sim/release, /_sim/reset
+    POST /_sim/hold, /_sim/release {"count": n} (optional), /_sim/reset
     POST /_sim/config    {"load_delay": s, "ttft": s, "token_delay": s, "tokens": n}
 """
 

@@ -125,6 +125,7 @@ class SimulatedOllama:
         self.gpu = SimulatedGpu(self.changes, load_delay)
         self.faults = Faults()
         self._holding = False
+        self._passes = 0
         self._zero_counters()
 
     @classmethod
@@ -194,6 +195,7 @@ class SimulatedOllama:
             "max_inflight_embed": self.max_inflight_embed,
             "held": self.held,
             "holding": self._holding,
+            "passes": self._passes,
             "aborted": self.aborted,
             "faults": {
                 "drop_connections": self.faults.drops,
@@ -262,10 +264,16 @@ class SimulatedOllama:
         """Make chat/generate requests (loads too) wait once their model holds the GPU, counted
         in flight and in `held`, until `release`; another model's requests wait for the GPU."""
         self._holding = True
+        self._passes = 0
 
-    def release(self) -> None:
-        """Let held requests proceed."""
-        self._holding = False
+    def release(self, count: int | None = None) -> None:
+        """Let held requests proceed; with `count`, only `count` more requests pass the gate (any
+        of those waiting or arriving) and the hold goes on for the rest."""
+        if count is None:
+            self._holding = False
+            self._passes = 0
+        elif self._holding:
+            self._passes += count
         self.changes.notify()
 
     def reset(self) -> None:
@@ -284,10 +292,15 @@ class SimulatedOllama:
         """Wait here while the simulator is held."""
         if not self._holding:
             return
+        if self._passes > 0:
+            self._passes -= 1
+            return
         self.held += 1
         self.changes.notify()
         try:
-            await self.changes.wait_until(lambda: not self._holding)
+            await self.changes.wait_until(lambda: not self._holding or self._passes > 0)
+            if self._holding:
+                self._passes -= 1
         finally:
             self.held -= 1
             self.changes.notify()

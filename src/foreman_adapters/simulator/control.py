@@ -72,6 +72,8 @@ _ACTIONS: dict[str, Callable[[SimulatedOllama, dict[str, Any]], None]] = {
     "faults": _faults,
     "config": _config,
     "hold": lambda sim, _payload: sim.hold(),
-    "release": lambda sim, _payload: sim.release(),
+    "release": lambda sim, payload: sim.release(
+        None if payload.get("count") is None else int(payload["count"])
+    ),
     "reset": lambda sim, _payload: sim.reset(),
 }
