@@ -1,6 +1,6 @@
 """`foreman demo`: foreman in front of the built-in simulated Ollama, with sample jobs to watch.
 
-One process, one event loop, two uvicorn servers: the simulator on a free port and foreman on
+One process, one event loop, two servers: the simulator on a free port and foreman (uvicorn) on
 FOREMAN_LISTEN_ADDR (127.0.0.1:8080 by default, any free port if that one is taken). The demo
 submits sample async jobs that alternate between two models and prints their state changes as
 they happen, so the drain-by-model order shows: the jobs arrive A B A B … and run A A … B B ….
@@ -32,8 +32,7 @@ from typing import TextIO
 
 import uvicorn
 
-from foreman_adapters.simulator import SimulatedOllama
-from foreman_adapters.simulator.server import simulator_config
+from foreman_adapters.simulator import SimulatedOllama, serve_simulator
 from foreman_app.app import create_app
 from foreman_app.client import AsyncForemanClient, JobView
 from foreman_app.client_errors import ClientError
@@ -141,8 +140,8 @@ def _database(env: Mapping[str, str]) -> Iterator[str]:
 
 
 class InLoopServer(uvicorn.Server):
-    """A uvicorn server that leaves signals alone: the demo runs two in one loop and stops
-    them itself, foreman first."""
+    """A uvicorn server that leaves signals alone: the demo runs it in one loop beside the
+    simulator and stops both itself, foreman first."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -176,11 +175,8 @@ async def _demo(
     servers: list[uvicorn.Server] = []
     _stop_on_signals(stop, servers)
     simulator = demo_simulator()
-    sim_server = InLoopServer(simulator_config(simulator))
-    servers.append(sim_server)
-    async with serving(sim_server):
-        sim_port = sim_server.servers[0].sockets[0].getsockname()[1]
-        env["FOREMAN_OLLAMA_URL"] = f"http://127.0.0.1:{sim_port}"
+    async with serve_simulator(simulator) as running_simulator:
+        env["FOREMAN_OLLAMA_URL"] = running_simulator.url
         env["FOREMAN_LISTEN_ADDR"] = _address(listener)
         container = configured_container(env)
         settings = container.settings()

@@ -1,57 +1,18 @@
-"""Running the simulator on a real socket (uvicorn), in-process or as `python -m`."""
+"""Running the simulator on a real socket (aiohttp's web server), in-process or as `python -m`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import socket
-import struct
+import signal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from aiohttp import web
 
 from foreman_adapters.simulator.app import SimulatedOllama
-from foreman_adapters.simulator.wire import (
-    CLOSE_EXTENSION,
-    RESET_EXTENSION,
-    Receive,
-    Scope,
-    Send,
-)
-
-
-class _ResettableH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, handing the app ways to reset or close its TCP connection.
-
-    An ASGI app cannot drop a connection (uvicorn would answer 500 or finish the response),
-    but a dying Ollama does; the simulator needs it to stand for resets and crashes.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        inner = self.app
-
-        async def app_with_reset(scope: Scope, receive: Receive, send: Send) -> None:
-            scope["extensions"] = {
-                **(scope.get("extensions") or {}),
-                RESET_EXTENSION: self._reset,
-                CLOSE_EXTENSION: self.transport.close,
-            }
-            await inner(scope, receive, send)
-
-        self.app = app_with_reset
-
-    def _reset(self) -> None:
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            # linger 0: close() sends RST instead of FIN, as a crashed peer does
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
+from foreman_adapters.simulator.asgi_bridge import AsgiApp, asgi_application
 
 
 @dataclass(frozen=True)
@@ -60,48 +21,32 @@ class RunningSimulator:
 
     url: str
     port: int
-    server: uvicorn.Server
-    task: asyncio.Task[None]
 
 
-def simulator_config(
-    sim: SimulatedOllama, host: str = "127.0.0.1", port: int = 0
-) -> uvicorn.Config:
-    """The uvicorn configuration that serves `sim` faithfully (no Server header, resettable)."""
-    return uvicorn.Config(
-        sim,
-        host=host,
-        port=port,
-        http=_ResettableH11Protocol,
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=1,
-        log_config=None,
-    )
+STOP_GRACE = 0.5
+"""Seconds a request still in flight when the simulator stops gets to finish before its
+connection is dropped (its app run hears `http.disconnect`, then is cancelled)."""
 
 
 @contextlib.asynccontextmanager
 async def serve_simulator(
-    sim: SimulatedOllama, host: str = "127.0.0.1", port: int = 0
+    sim: AsgiApp, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[RunningSimulator]:
-    """Serve `sim` on `host:port` (0 picks a free port) in the running loop until the block ends."""
-    server = uvicorn.Server(simulator_config(sim, host, port))
-    task = asyncio.ensure_future(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.005)
-    if task.done():
-        task.result()
-        raise RuntimeError("the simulator server stopped while starting")
-    bound = server.servers[0].sockets[0].getsockname()[1]
+    """Serve `sim` (a `SimulatedOllama`, or any ASGI app) on `host:port` (0 picks a free port)
+    in the running loop until the block ends."""
+    runner = web.AppRunner(
+        asgi_application(sim),
+        handler_cancellation=True,  # how a departed client becomes `http.disconnect`
+        access_log=None,
+        shutdown_timeout=STOP_GRACE,
+    )
+    await runner.setup()
     try:
-        yield RunningSimulator(f"http://{host}:{bound}", bound, server, task)
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
+        yield RunningSimulator(f"http://{host}:{bound}", bound)
     finally:
-        server.should_exit = True
-        server.force_exit = True
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=5)
+        await runner.cleanup()
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,9 +63,13 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def _serve_until_stopped(sim: SimulatedOllama, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with serve_simulator(sim, host, port) as running:
         print(f"listening on {running.url}", flush=True)
-        await asyncio.shield(running.task)
+        await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
