@@ -4,8 +4,8 @@ import pytest
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked slow go first: under xdist each starts at once on a worker of its own and
-    runs beside the rest, instead of starting last and keeping everyone waiting."""
+    """Tests marked slow go first: xdist hands tests out two at a time, so these start at once,
+    spread over the workers, instead of starting last and keeping everyone waiting."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

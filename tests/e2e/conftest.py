@@ -13,7 +13,7 @@
   run of an xdist worker, for tests that leave both as they found them: they use prompts, job
   ids and model names of their own, never hold, configure, fault or reset the simulator, and
   never assert on what other tests change (job listings, the simulator's log, the resident
-  model). Every test that uses it runs on one worker (an `xdist_group`), so the pair starts once.
+  model). Each xdist worker starts the pair once, when its first such test needs it.
 - `foreman_cli`: runs `python -m foreman_app ARGS...` to completion with a clean FOREMAN_*
   environment plus `env`, and returns the CompletedProcess.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from e2e_processes import ForemanServer, SimulatorProcess, clean_environment, free_port
+from e2e_processes import ForemanServer, SimulatorProcess, clean_environment
 
 
 @pytest.fixture
@@ -51,7 +51,6 @@ def foreman_server(
     def start(env: Mapping[str, str] | None = None, target: str | None = None) -> ForemanServer:
         number = len(servers)
         settings = {
-            "FOREMAN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
             "FOREMAN_OLLAMA_URL": target or simulator.url,
             "FOREMAN_DB_PATH": str(tmp_path / f"foreman-{number}.db"),
             "FOREMAN_SHUTDOWN_GRACE": "5s",
@@ -76,7 +75,6 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForemanS
     simulator = SimulatorProcess(directory / "simulator.log")
     server = ForemanServer(
         {
-            "FOREMAN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
             "FOREMAN_OLLAMA_URL": simulator.url,
             "FOREMAN_DB_PATH": str(directory / "foreman.db"),
             "FOREMAN_SHUTDOWN_GRACE": "5s",
@@ -89,19 +87,6 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForemanS
         if server.running:
             server.stop()
         simulator.kill()
-
-
-SHARED_FIXTURES = ("shared_server", "untouched")
-"""Fixtures that share processes between tests; each one's tests form an xdist group."""
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests of each shared fixture on one xdist worker (under `--dist loadgroup`)."""
-    for item in items:
-        for name in SHARED_FIXTURES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture

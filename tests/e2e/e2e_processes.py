@@ -7,7 +7,6 @@ FOREMAN_* or OLLAMA_* variables.
 
 from __future__ import annotations
 
-import itertools
 import os
 import selectors
 import signal
@@ -31,28 +30,16 @@ client per call, and a client costs ~30 ms of CPU (its TLS context): polls at 50
 a core busy. Without keep-alive, a killed and restarted server never meets a stale connection."""
 
 
-PORTS_PER_WORKER = 500
-_next_ports = itertools.count()
-
-
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now.
+    """A TCP port on 127.0.0.1 that nothing listens on right now, chosen by the kernel.
 
-    Each pytest-xdist worker takes ports from a range of its own, below the kernel's ephemeral
-    ports: parallel workers never hand out the same port, and no outgoing connection (nor a
-    simulator bound to port 0) can take one between this check and the server's bind.
+    Linux hands out a random odd port for a bind to port 0 and keeps even ones for outgoing
+    connections, so parallel workers and concurrent runs rarely pick the same port; when
+    another process takes it before our server binds it, `ForemanServer` moves to a new one.
     """
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    first = 20_000 + int(worker) * PORTS_PER_WORKER
-    for _ in range(PORTS_PER_WORKER):
-        port = first + next(_next_ports) % PORTS_PER_WORKER
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # something else uses it, or a closed server's port lingers
-            return port
-    raise AssertionError(f"no free port in {first}..{first + PORTS_PER_WORKER - 1}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -178,15 +165,33 @@ class SimulatorProcess:
         self._log.close()
 
 
+class PortTaken(AssertionError):
+    """Another process listens on the port a server was to bind."""
+
+
 class ForemanServer:
-    """`foreman serve` in its own process, on a fixed port so that a restart keeps its URL."""
+    """`foreman serve` in its own process, on a fixed port so that a restart keeps its URL.
+
+    Without FOREMAN_LISTEN_ADDR in `env` it picks a free port, and if another process takes
+    that port before the first start binds it, it moves to a new one.
+    """
+
+    PORT_ATTEMPTS = 5
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         self.env = dict(env)
-        self.url = f"http://{self.env['FOREMAN_LISTEN_ADDR']}"
+        self._movable = "FOREMAN_LISTEN_ADDR" not in self.env
+        if self._movable:
+            self.env["FOREMAN_LISTEN_ADDR"] = f"127.0.0.1:{free_port()}"
         self.db_path = Path(self.env["FOREMAN_DB_PATH"])
         self._log_path = log_path
+        self._log_start = 0
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the server listens."""
+        return f"http://{self.env['FOREMAN_LISTEN_ADDR']}"
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -195,27 +200,44 @@ class ForemanServer:
         return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
 
     def start(self) -> ForemanServer:
-        """Start the process and wait until /healthz answers."""
-        with self._log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "foreman_app", "serve"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=clean_environment(self.env),
-            )
-        wait_until(self._healthy, START_TIMEOUT, f"foreman at {self.url}")
-        return self
+        """Start the process and wait until its own /healthz answers."""
+        for _ in range(self.PORT_ATTEMPTS):
+            with self._log_path.open("ab") as log:
+                self._log_start = log.tell()
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "foreman_app", "serve"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=clean_environment(self.env),
+                )
+            try:
+                wait_until(self._healthy, START_TIMEOUT, f"foreman at {self.url}")
+            except PortTaken:
+                if not self._movable:
+                    raise
+                self.env["FOREMAN_LISTEN_ADDR"] = f"127.0.0.1:{free_port()}"
+                continue
+            self._movable = False  # a restart must keep the URL that tests hold
+            return self
+        raise AssertionError(f"no free port for foreman in {self.PORT_ATTEMPTS} attempts")
 
     def _healthy(self) -> bool:
+        """Whether this server answers /healthz: a process that took the port first answers
+        with another target, or none."""
         assert self.process is not None
         if self.process.poll() is not None:
+            if b"address already in use" in self._log_path.read_bytes()[self._log_start :]:
+                raise PortTaken(f"{self.url} was taken:\n{self.log()}")
             raise AssertionError(
                 f"foreman exited with {self.process.returncode} while starting:\n{self.log()}"
             )
         try:
-            return LOCAL.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
+            health = LOCAL.get(f"{self.url}/healthz", timeout=1)
+            answer = health.json() if health.status_code == 200 else None
+        except (httpx.TransportError, ValueError):
             return False
+        ours = self.env["FOREMAN_OLLAMA_URL"].rstrip("/")
+        return isinstance(answer, dict) and answer.get("target") == ours
 
     @property
     def running(self) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_processes import ForemanServer, SimulatorProcess, free_port, wait_until
+from e2e_processes import ForemanServer, SimulatorProcess, wait_until
 
 from foreman_adapters.simulator import SimulatedOllama
 from foreman_app.client import ForemanClient
@@ -55,14 +55,14 @@ def shared_http(shared_server: ForemanServer) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def untouched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """One server for the whole module, for requests that must leave no job behind."""
+    """One server per xdist worker, for requests that must leave no job behind (session-scoped:
+    a worker runs these tests among others', and must not start it again for each run of them)."""
     directory: Path = tmp_path_factory.mktemp("untouched")
     simulator = SimulatorProcess(directory / "simulator.log")
     server = ForemanServer(
         {
-            "FOREMAN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
             "FOREMAN_OLLAMA_URL": simulator.url,
             "FOREMAN_DB_PATH": str(directory / "foreman.db"),
         },
